@@ -1,0 +1,180 @@
+// Package proxy is pgoptimist's wire-protocol relay: the listener, client
+// sessions, the relay loops and the protocol state they keep, TLS, cancel
+// forwarding, limits and metrics.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/pgoptimist/pgoptimist/config"
+)
+
+// Server accepts client connections and relays each to its own upstream
+// connection (session mode: one server connection per client connection).
+type Server struct {
+	log     *slog.Logger
+	cfg     atomic.Pointer[config.Config]
+	guards  *guardRegistry
+	metrics *Metrics
+
+	clientTLS atomic.Pointer[tls.Config] // nil when tls.mode is disable
+
+	mu       sync.Mutex
+	ln       net.Listener
+	sessions map[*session]struct{}
+	closing  bool
+	wg       sync.WaitGroup
+
+	active  atomic.Int64
+	cancels sync.Map // string(backend key data) → struct{}: keys of live sessions
+}
+
+// New builds a server from a validated configuration.
+func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
+	s := &Server{
+		log:      log,
+		metrics:  newMetrics(),
+		sessions: make(map[*session]struct{}),
+	}
+	s.guards = newGuardRegistry(log, s.metrics)
+	if err := s.Reload(cfg); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Reload applies a new configuration to new sessions and new statements:
+// table policies, guard settings, limits and client TLS certificates. The
+// listen and upstream addresses of a running server do not change.
+func (s *Server) Reload(cfg *config.Config) error {
+	var tc *tls.Config
+	if cfg.TLS.Mode != "disable" && cfg.TLS.Mode != "" {
+		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return fmt.Errorf("tls.cert_file/tls.key_file: %w", err)
+		}
+		tc = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	if _, err := upstreamTLSConfig(cfg); err != nil {
+		return err
+	}
+	s.clientTLS.Store(tc)
+	s.cfg.Store(cfg)
+	s.guards.setConfig(cfg)
+	return nil
+}
+
+// Metrics returns the server's metrics.
+func (s *Server) Metrics() *Metrics { return s.metrics }
+
+// Listen opens the configured listen address.
+func (s *Server) Listen() (net.Listener, error) {
+	ln, err := net.Listen("tcp", s.cfg.Load().Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen %s: %w", s.cfg.Load().Listen, err)
+	}
+	return ln, nil
+}
+
+// Serve accepts connections on ln until Shutdown. It returns nil after a
+// shutdown and the accept error otherwise.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.ln = ln
+	s.mu.Unlock()
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return nil
+			}
+			if retryableAccept(err) {
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.log.Warn("accept failed; retrying", "err", err, "delay", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return fmt.Errorf("accept: %w", err)
+		}
+		delay = 0
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetNoDelay(true)
+		}
+		sess := &session{srv: s, client: c, cfg: s.cfg.Load()}
+		s.mu.Lock()
+		if s.closing {
+			s.mu.Unlock()
+			c.Close()
+			return nil
+		}
+		s.sessions[sess] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			sess.run()
+			s.mu.Lock()
+			delete(s.sessions, sess)
+			s.mu.Unlock()
+		}()
+	}
+}
+
+// retryableAccept reports accept errors that pass (out of file descriptors,
+// a connection aborted before it was accepted).
+func retryableAccept(err error) bool {
+	var ne net.Error
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) ||
+		errors.Is(err, syscall.ECONNABORTED) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// Ready reports whether the server is accepting connections.
+func (s *Server) Ready() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ln != nil && !s.closing
+}
+
+// Shutdown stops accepting, lets sessions finish until ctx is done, then
+// closes the rest. It returns the number of sessions closed by force.
+func (s *Server) Shutdown(ctx context.Context) int {
+	s.mu.Lock()
+	s.closing = true
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return 0
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	n := len(s.sessions)
+	for sess := range s.sessions {
+		sess.closeConns()
+	}
+	s.mu.Unlock()
+	<-done
+	return n
+}
