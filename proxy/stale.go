@@ -166,17 +166,17 @@ func staleSQL(p *rewrite.Policy, d staleDetail, code string) string {
 	}
 	keys := " (" + strings.Join(keyText, ", ") + ")"
 	var b strings.Builder
-	b.WriteString("DECLARE cur text; found_row boolean := false; BEGIN BEGIN SELECT ")
+	b.WriteString("DECLARE cur text; lookup int := 0; BEGIN BEGIN SELECT ")
 	b.WriteString(quoteIdent(p.Column))
-	b.WriteString("::text, true INTO cur, found_row FROM ")
+	b.WriteString("::text INTO cur FROM ")
 	b.WriteString(quoteIdent(p.Schema) + "." + quoteIdent(p.Table))
 	b.WriteString(" WHERE ")
 	b.WriteString(strings.Join(where, " AND "))
 	// A lookup that fails (permissions, a key value of the wrong type) must
-	// not replace the stale error with its own.
-	b.WriteString("; EXCEPTION WHEN OTHERS THEN found_row := NULL; END; IF found_row IS NULL THEN ")
+	// not replace the stale error with its own: lookup stays 0.
+	b.WriteString("; lookup := CASE WHEN FOUND THEN 1 ELSE 2 END; EXCEPTION WHEN OTHERS THEN lookup := 0; END; IF lookup = 0 THEN ")
 	b.WriteString(raiseUsing(p, code, msg, quoteLiteral(expected+keys), hint))
-	b.WriteString(" ELSIF NOT found_row THEN ")
+	b.WriteString(" ELSIF lookup = 2 THEN ")
 	b.WriteString(raiseUsing(p, code, msg, quoteLiteral(expected+", row no longer exists"+keys), hint))
 	b.WriteString(" END IF; ")
 	b.WriteString(raiseUsing(p, code, msg, quoteLiteral(expected+", current version ")+" || coalesce(cur, 'NULL') || "+quoteLiteral(keys), hint))
