@@ -1,0 +1,400 @@
+#!/usr/bin/env bash
+# Benchmark: PostgreSQL directly vs. through PgBouncer vs. through pgoptimist.
+#
+# Starts its own throwaway PostgreSQL (bench/cmd/benchenv), PgBouncer (session
+# pooling) and pgoptimist, loads `pgbench -i -s $SCALE`, then runs alternating
+# rounds over the targets of:
+#   (a) pgbench -S -M extended -c 8 -j 2   select-only, extended protocol
+#   (b) pgbench    -M prepared -c 8 -j 2   TPC-B-like, prepared statements
+#   (c) pgbench -S -M simple   -c 1 -j 1   select-only, one client (latency)
+# and prints median TPS / latency per target relative to direct.
+#
+# Environment:
+#   ROUNDS=5         rounds per workload and target
+#   DURATION=10s     length of each pgbench run (seconds; a trailing "s" is fine)
+#   SCALE=10         pgbench scale factor
+#   TARGETS="direct pgbouncer pgoptimist"   which targets to run
+#   WORKLOADS="a b c"                        which workloads to run
+#   SKIP_BUILD=1     do not run `make build` (use the existing bin/pgoptimist)
+#   PGOPTIMIST_ARGS  extra arguments for `pgoptimist serve` (e.g. --config file.yaml)
+#   KEEP_LOGS=1      keep the temporary directory with all logs
+#   PGOPTIMIST=path  pgoptimist binary (default bin/pgoptimist)
+#
+# The pgoptimist target is skipped (with a warning) when bin/pgoptimist cannot
+# be built. Default runtime: 5 rounds x 3 workloads x 3 targets x 10s ~ 8 min.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-10s}
+DURATION=${DURATION%s}
+SCALE=${SCALE:-10}
+TARGETS=${TARGETS:-"direct pgbouncer pgoptimist"}
+WORKLOADS=${WORKLOADS:-"a b c"}
+PGOPTIMIST_ARGS=${PGOPTIMIST_ARGS:-}
+DB=bench
+PGUSER_BENCH=postgres
+
+case "$ROUNDS$DURATION$SCALE" in
+*[!0-9]*)
+	echo "bench: ROUNDS, DURATION and SCALE must be integers" >&2
+	exit 2
+	;;
+esac
+
+log() { printf '[bench %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+	log "ERROR: $*"
+	exit 1
+}
+
+# --- tools -------------------------------------------------------------------
+
+need_pgbouncer=0
+case " $TARGETS " in *" pgbouncer "*) need_pgbouncer=1 ;; esac
+
+find_pg_bin() { # name
+	if command -v "$1" >/dev/null 2>&1; then
+		command -v "$1"
+		return
+	fi
+	local d
+	for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -t/ -k4,4 -rn); do
+		if [ -x "$d/$1" ]; then
+			echo "$d/$1"
+			return
+		fi
+	done
+	return 1
+}
+
+ensure_args=()
+[ "$need_pgbouncer" -eq 1 ] && ensure_args+=(--pgbouncer)
+"$ROOT/scripts/ensure-postgres.sh" "${ensure_args[@]}"
+
+PGBENCH=$(find_pg_bin pgbench) || die "pgbench not found"
+if [ "$need_pgbouncer" -eq 1 ]; then
+	# apt may still be installing it in the background: wait a little.
+	for _ in $(seq 1 120); do
+		PGBOUNCER=$(command -v pgbouncer 2>/dev/null || true)
+		[ -z "$PGBOUNCER" ] && [ -x /usr/sbin/pgbouncer ] && PGBOUNCER=/usr/sbin/pgbouncer
+		[ -n "$PGBOUNCER" ] && break
+		sleep 5
+	done
+	[ -n "$PGBOUNCER" ] || die "pgbouncer not found"
+fi
+
+# --- temp dir and cleanup ----------------------------------------------------
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/pgoptimist-bench.XXXXXX")
+# PgBouncer runs as the postgres OS user when we are root: it must read its
+# config and write its log here.
+chmod 0755 "$TMP"
+
+PIDS=()
+CUR=""
+cleanup() {
+	local rc=$?
+	trap - EXIT INT TERM
+	local i
+	if [ -n "$CUR" ]; then
+		kill -TERM "$CUR" 2>/dev/null || true
+		wait "$CUR" 2>/dev/null || true
+	fi
+	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+		kill -TERM "${PIDS[$i]}" 2>/dev/null || true
+	done
+	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+		# Give each process up to 30s, then force it.
+		local n=0
+		while kill -0 "${PIDS[$i]}" 2>/dev/null && [ $n -lt 300 ]; do
+			sleep 0.1
+			n=$((n + 1))
+		done
+		kill -KILL "${PIDS[$i]}" 2>/dev/null || true
+		wait "${PIDS[$i]}" 2>/dev/null || true
+	done
+	if [ "${KEEP_LOGS:-0}" = 1 ]; then
+		log "logs kept in $TMP"
+	else
+		rm -rf "$TMP"
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# run_fg CMD...: run CMD in the background and wait for it, so that INT/TERM reach
+# the traps at once instead of after CMD finishes.
+run_fg() {
+	"$@" &
+	CUR=$!
+	local rc=0
+	wait "$CUR" || rc=$?
+	CUR=""
+	return "$rc"
+}
+
+# --- build -------------------------------------------------------------------
+
+log "building helpers"
+go build -o "$TMP/benchenv" ./bench/cmd/benchenv
+
+have_target() { case " $TARGETS " in *" $1 "*) return 0 ;; esac; return 1; }
+drop_target() {
+	local t out=""
+	for t in $TARGETS; do [ "$t" = "$1" ] || out="$out $t"; done
+	TARGETS=${out# }
+}
+
+PGOPTIMIST=${PGOPTIMIST:-$ROOT/bin/pgoptimist}
+if have_target pgoptimist; then
+	if [ "${SKIP_BUILD:-0}" != 1 ]; then
+		log "make build"
+		if ! make -s build >"$TMP/build.log" 2>&1; then
+			log "WARNING: make build failed; skipping the pgoptimist target:"
+			tail -n 20 "$TMP/build.log" >&2
+			drop_target pgoptimist
+		fi
+	fi
+	if have_target pgoptimist && [ ! -x "$PGOPTIMIST" ]; then
+		log "WARNING: $PGOPTIMIST does not exist; skipping the pgoptimist target"
+		drop_target pgoptimist
+	fi
+fi
+[ -n "$TARGETS" ] || die "no targets left to benchmark"
+
+freeport() { "$TMP/benchenv" -freeport; }
+
+# wait_port NAME PID PORT LOGFILE: wait until PORT accepts TCP connections.
+wait_port() {
+	local name=$1 pid=$2 port=$3 logfile=$4 i
+	for i in $(seq 1 200); do
+		if ! kill -0 "$pid" 2>/dev/null; then
+			log "$name exited during start-up; its log:"
+			tail -n 30 "$logfile" >&2 || true
+			return 1
+		fi
+		if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+			return 0
+		fi
+		sleep 0.1
+	done
+	log "$name did not listen on port $port within 20s; its log:"
+	tail -n 30 "$logfile" >&2 || true
+	return 1
+}
+
+# --- PostgreSQL --------------------------------------------------------------
+
+log "starting PostgreSQL"
+"$TMP/benchenv" -db "$DB" -log "$TMP/postgres.log" >"$TMP/benchenv.out" 2>"$TMP/benchenv.err" &
+PIDS+=($!)
+for _ in $(seq 1 1200); do
+	grep -q '^READY=1' "$TMP/benchenv.out" 2>/dev/null && break
+	if ! kill -0 "${PIDS[0]}" 2>/dev/null; then
+		cat "$TMP/benchenv.err" >&2
+		die "PostgreSQL did not start"
+	fi
+	sleep 0.1
+done
+grep -q '^READY=1' "$TMP/benchenv.out" || die "PostgreSQL did not start within 120s"
+PGPORT_DIRECT=$(sed -n 's/^PGPORT=//p' "$TMP/benchenv.out")
+log "PostgreSQL on 127.0.0.1:$PGPORT_DIRECT"
+
+declare -A PORT
+PORT[direct]=$PGPORT_DIRECT
+
+# --- PgBouncer ---------------------------------------------------------------
+
+if have_target pgbouncer; then
+	PORT[pgbouncer]=$(freeport)
+	cat >"$TMP/userlist.txt" <<-EOF
+		"$PGUSER_BENCH" ""
+	EOF
+	cat >"$TMP/pgbouncer.ini" <<-EOF
+		[databases]
+		$DB = host=127.0.0.1 port=$PGPORT_DIRECT dbname=$DB
+		postgres = host=127.0.0.1 port=$PGPORT_DIRECT dbname=postgres
+
+		[pgbouncer]
+		listen_addr = 127.0.0.1
+		listen_port = ${PORT[pgbouncer]}
+		unix_socket_dir =
+		auth_type = trust
+		auth_file = $TMP/userlist.txt
+		pool_mode = session
+		max_client_conn = 200
+		default_pool_size = 50
+		ignore_startup_parameters = extra_float_digits
+		logfile = $TMP/pgbouncer.log
+		pidfile =
+	EOF
+	chmod 0644 "$TMP/userlist.txt" "$TMP/pgbouncer.ini"
+	touch "$TMP/pgbouncer.log"
+	bouncer_args=()
+	if [ "$(id -u)" -eq 0 ]; then
+		chown postgres "$TMP/pgbouncer.log"
+		bouncer_args=(-u postgres)
+	fi
+	log "starting PgBouncer on 127.0.0.1:${PORT[pgbouncer]}"
+	"$PGBOUNCER" -q "${bouncer_args[@]}" "$TMP/pgbouncer.ini" >>"$TMP/pgbouncer.out" 2>&1 &
+	PIDS+=($!)
+	wait_port pgbouncer "$!" "${PORT[pgbouncer]}" "$TMP/pgbouncer.log" || die "PgBouncer did not start"
+fi
+
+# --- pgoptimist --------------------------------------------------------------
+
+if have_target pgoptimist; then
+	PORT[pgoptimist]=$(freeport)
+	log "starting pgoptimist on 127.0.0.1:${PORT[pgoptimist]}"
+	# shellcheck disable=SC2086 # PGOPTIMIST_ARGS is split on purpose
+	"$PGOPTIMIST" serve --listen "127.0.0.1:${PORT[pgoptimist]}" \
+		--upstream "127.0.0.1:$PGPORT_DIRECT" $PGOPTIMIST_ARGS >"$TMP/pgoptimist.log" 2>&1 &
+	PIDS+=($!)
+	wait_port pgoptimist "$!" "${PORT[pgoptimist]}" "$TMP/pgoptimist.log" || die "pgoptimist did not start"
+fi
+
+# --- load data and smoke-test every target ------------------------------------
+
+log "pgbench -i -s $SCALE"
+run_fg "$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PGPORT_DIRECT" -U "$PGUSER_BENCH" "$DB" \
+	>"$TMP/init.log" 2>&1 || {
+	tail -n 20 "$TMP/init.log" >&2
+	die "pgbench -i failed"
+}
+
+for t in $TARGETS; do
+	if ! run_fg "$PGBENCH" -n -S -t 10 -c 1 -h 127.0.0.1 -p "${PORT[$t]}" -U "$PGUSER_BENCH" "$DB" \
+		>"$TMP/smoke-$t.log" 2>&1; then
+		tail -n 20 "$TMP/smoke-$t.log" >&2
+		die "smoke test through $t failed"
+	fi
+done
+
+# --- runs --------------------------------------------------------------------
+
+workload_args() {
+	case "$1" in
+	a) echo "-S -M extended -c 8 -j 2" ;;
+	b) echo "-M prepared -c 8 -j 2" ;;
+	c) echo "-S -M simple -c 1 -j 1" ;;
+	*) die "unknown workload $1" ;;
+	esac
+}
+workload_title() {
+	case "$1" in
+	a) echo "(a) select-only, extended protocol, 8 clients (-S -M extended -c 8 -j 2)" ;;
+	b) echo "(b) TPC-B-like, prepared statements, 8 clients (-M prepared -c 8 -j 2)" ;;
+	c) echo "(c) select-only, simple protocol, 1 client (-S -M simple -c 1 -j 1)" ;;
+	esac
+}
+
+RESULTS="$TMP/results.txt"
+: >"$RESULTS"
+FAILURES=0
+
+# run_one WORKLOAD TARGET ROUND
+run_one() {
+	local w=$1 t=$2 r=$3 out="$TMP/run-$1-$2-$3.log" tps lat
+	# shellcheck disable=SC2046 # word splitting of the workload flags is intended
+	if run_fg "$PGBENCH" -n $(workload_args "$w") -T "$DURATION" -h 127.0.0.1 -p "${PORT[$t]}" \
+		-U "$PGUSER_BENCH" "$DB" >"$out" 2>&1; then
+		# pgbench >= 14: "tps = N (without initial connection time)";
+		# older: "tps = N (excluding connections establishing)".
+		tps=$(awk '/^tps = / && /(without initial|excluding)/ { print $3; exit }' "$out")
+		[ -n "$tps" ] || tps=$(awk '/^tps = / { print $3; exit }' "$out")
+		lat=$(awk '/^latency average = / { print $4; exit }' "$out")
+	fi
+	if [ -z "${tps:-}" ] || [ -z "${lat:-}" ]; then
+		FAILURES=$((FAILURES + 1))
+		log "run failed: workload $w target $t round $r; output:"
+		tail -n 15 "$out" >&2
+		return 0
+	fi
+	echo "$w $t $tps $lat" >>"$RESULTS"
+	printf '[bench %s]   %-2s %-11s round %d: tps %10.1f  latency %.3f ms\n' \
+		"$(date +%H:%M:%S)" "$w" "$t" "$r" "$tps" "$lat" >&2
+}
+
+read -r -a TARGET_LIST <<<"$TARGETS"
+ntargets=${#TARGET_LIST[@]}
+log "running: rounds=$ROUNDS duration=${DURATION}s workloads=[$WORKLOADS] targets=[$TARGETS]"
+for ((r = 1; r <= ROUNDS; r++)); do
+	for w in $WORKLOADS; do
+		# Rotate the target order every round so no target always runs first.
+		for ((i = 0; i < ntargets; i++)); do
+			t=${TARGET_LIST[$(((i + r - 1) % ntargets))]}
+			run_one "$w" "$t" "$r"
+		done
+	done
+done
+
+# guarded_bench: guarded-update workload (optimistic-concurrency UPDATEs that
+# pgoptimist rewrites). Arguments: none; uses PORT[...], PGBENCH, DB, TARGETS,
+# DURATION, ROUNDS and $TMP like run_one.
+guarded_bench() {
+	# TODO(lead): implement the guarded-update workload (custom pgbench script
+	# with -f, run over all targets, report median TPS and ratio to direct).
+	echo "guarded benchmark: not yet implemented"
+}
+
+# --- report ------------------------------------------------------------------
+
+median() { # values on stdin -> median
+	sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit; if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+values() { # workload target column(3=tps,4=lat)
+	awk -v w="$1" -v t="$2" -v c="$3" '$1 == w && $2 == t { print $c }' "$RESULTS"
+}
+
+echo
+echo "pgoptimist benchmark: PostgreSQL $("$PGBENCH" --version | awk '{ print $3 }'), scale $SCALE," \
+	"$ROUNDS rounds x ${DURATION}s, $(nproc) CPUs"
+for w in $WORKLOADS; do
+	echo
+	workload_title "$w"
+	if [ "$w" = c ]; then
+		printf '  %-12s %6s %18s %14s %12s\n' target runs "median latency ms" "added vs direct" "median TPS"
+	else
+		printf '  %-12s %6s %12s %10s\n' target runs "median TPS" "vs direct"
+	fi
+	dtps=$(values "$w" direct 3 | median)
+	dlat=$(values "$w" direct 4 | median)
+	for t in $TARGETS; do
+		n=$(values "$w" "$t" 3 | wc -l)
+		tps=$(values "$w" "$t" 3 | median)
+		lat=$(values "$w" "$t" 4 | median)
+		if [ "$n" -eq 0 ]; then
+			printf '  %-12s %6d %12s\n' "$t" 0 "(no successful runs)"
+			continue
+		fi
+		if [ "$w" = c ]; then
+			if [ -n "$dlat" ]; then
+				added=$(awk -v a="$lat" -v b="$dlat" 'BEGIN { printf "%+.1f us", (a - b) * 1000 }')
+			else
+				added="n/a"
+			fi
+			printf '  %-12s %6d %18.3f %14s %12.1f\n' "$t" "$n" "$lat" "$added" "$tps"
+		else
+			if [ -n "$dtps" ]; then
+				ratio=$(awk -v a="$tps" -v b="$dtps" 'BEGIN { printf "%.3f", a / b }')
+			else
+				ratio="n/a"
+			fi
+			printf '  %-12s %6d %12.1f %10s\n' "$t" "$n" "$tps" "$ratio"
+		fi
+	done
+done
+
+echo
+guarded_bench
+
+if [ "$FAILURES" -gt 0 ]; then
+	echo
+	echo "WARNING: $FAILURES pgbench run(s) failed; see the log above."
+	exit 1
+fi
