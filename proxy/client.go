@@ -1,83 +1,17 @@
 package proxy
 
 import (
-	"io"
 	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgoptimist/pgoptimist/rewrite"
 )
 
-// clientLoop relays the client's messages to the server. Messages that
-// cannot concern a guarded table are copied as raw frames; Query, Parse,
-// Bind, Execute and Close are decoded only while the session has guarded
-// tables (and Bind/Execute/Close only while it has guarded statements).
-func (s *session) clientLoop() error {
-	for {
-		typ, n, err := s.cr.header()
-		if err != nil {
-			return err
-		}
-		switch typ {
-		case 'Q':
-			if s.guard != nil {
-				err = s.onQuery()
-				break
-			}
-			s.queue.push(pending{kind: pendQuery})
-			err = s.cr.relayFrame(s.sw, n)
-		case 'P':
-			if s.guard != nil {
-				err = s.onParse()
-				break
-			}
-			s.queue.push(pending{kind: pendParse})
-			err = s.cr.relayFrame(s.sw, n)
-		case 'B':
-			if s.guard != nil && len(s.guard.stmts) > 0 {
-				err = s.onBind()
-				break
-			}
-			s.queue.push(pending{kind: pendBind})
-			err = s.cr.relayFrame(s.sw, n)
-		case 'E':
-			if s.guard != nil && len(s.guard.portals) > 0 {
-				err = s.onExecute()
-				break
-			}
-			s.queue.push(pending{kind: pendExecute})
-			err = s.cr.relayFrame(s.sw, n)
-		case 'C':
-			if s.guard != nil && (len(s.guard.stmts) > 0 || len(s.guard.portals) > 0) {
-				err = s.onClose()
-				break
-			}
-			s.queue.push(pending{kind: pendClose})
-			err = s.cr.relayFrame(s.sw, n)
-		case 'D':
-			s.queue.push(pending{kind: pendDescribePortal})
-			err = s.cr.relayFrame(s.sw, n)
-		case 'S':
-			s.queue.push(pending{kind: pendSync})
-			err = s.cr.relayFrame(s.sw, n)
-		case 'F':
-			s.queue.push(pending{kind: pendQuery})
-			err = s.cr.relayFrame(s.sw, n)
-		case 'H', 'd', 'c', 'f':
-			err = s.cr.relayFrame(s.sw, n)
-		case 'X':
-			if err = s.cr.relayFrame(s.sw, n); err == nil {
-				_ = s.sw.Flush()
-				return errClientTerminated
-			}
-		default:
-			return protoErrorf("unknown message type %q", typ)
-		}
-		if err != nil {
-			return err
-		}
-	}
-}
+// Handlers of the client frames the guard needs to see: Query, Parse, Bind,
+// Execute and Close. They run only while the session has guarded tables
+// (Bind, Execute and Close only while it has guarded statements), write
+// what the server should get into sout, and may hold the client's later
+// frames until a checked statement's outcome is known.
 
 // unsafeString views b as a string for a call that does not keep it.
 func unsafeString(b []byte) string {
@@ -87,45 +21,31 @@ func unsafeString(b []byte) string {
 	return unsafe.String(&b[0], len(b))
 }
 
-func (s *session) write(msgs ...pgproto3.FrontendMessage) error {
+// send encodes messages of the proxy's own to the server.
+func (s *session) send(msgs ...pgproto3.FrontendMessage) error {
 	for _, m := range msgs {
-		b, err := m.Encode(s.guard.enc[:0])
+		b, err := m.Encode(s.sout.b)
 		if err != nil {
 			return err
 		}
-		s.guard.enc = b
-		if _, err := s.sw.Write(b); err != nil {
-			return err
-		}
+		s.sout.b = b
 	}
 	return nil
 }
 
-// wait blocks the client loop until the server loop has seen the outcome of
-// a checked statement. Holding the client's later messages is what lets a
-// zero-row result become an error before anything else runs.
-func (s *session) wait(c *checkState) (checkOutcome, error) {
-	if err := s.sw.Flush(); err != nil {
-		return 0, err
+// check queues a checked request and holds the client until its outcome.
+// When the server will never answer (it is skipping to a Sync after an
+// error), the outcome is known at once.
+func (s *session) check(p pending) {
+	if !s.queue.push(p) {
+		s.resolve(p.check, outcomeSkipped)
+		return
 	}
-	select {
-	case o := <-c.done:
-		return o, nil
-	case <-s.serverEOF:
-		return 0, io.EOF
-	}
+	s.hold = p.check
 }
 
-func newCheck(st *rewrite.Statement, d staleDetail) *checkState {
-	return &checkState{stmt: st, detail: d, done: make(chan checkOutcome, 1)}
-}
-
-// onQuery handles a simple Query while the session has guarded tables.
-func (s *session) onQuery() error {
-	msg, err := s.cr.next()
-	if err != nil {
-		return err
-	}
+// onQuery handles a simple Query.
+func (s *session) onQuery(msg []byte) error {
 	body := msg[5:]
 	if len(body) == 0 || body[len(body)-1] != 0 {
 		return protoErrorf("Query message without a string terminator")
@@ -138,29 +58,24 @@ func (s *session) onQuery() error {
 			clear(g.stmts) // DISCARD ALL/PLANS may drop every prepared statement
 		}
 	}
-	if !g.rw.MayTouch(unsafeString(sql)) {
+	if s.queue.skipping || !g.rw.MayTouch(unsafeString(sql)) {
 		s.queue.push(pending{kind: pendQuery})
-		_, err = s.sw.Write(msg)
-		return err
+		s.sout.append(msg...)
+		return nil
 	}
 	plan, reject := g.plan(string(sql))
 	if plan == nil {
 		if reject != "" {
 			s.queue.push(pending{kind: pendQuery, flags: flagInternal | flagCleanErr})
-			return s.write(&pgproto3.Query{String: reject})
+			return s.send(&pgproto3.Query{String: reject})
 		}
 		s.queue.push(pending{kind: pendQuery})
-		_, err = s.sw.Write(msg)
-		return err
+		s.sout.append(msg...)
+		return nil
 	}
 	g.trackPrepared(plan)
 
 	// What each statement needs at run time: a check, a refusal, or nothing.
-	type action struct {
-		stmt   *rewrite.Statement
-		refuse bool
-		check  bool
-	}
 	acts := make([]action, len(plan.Statements))
 	need := false
 	for i := range plan.Statements {
@@ -171,55 +86,75 @@ func (s *session) onQuery() error {
 				eff = p.plan
 			}
 		}
-		acts[i] = action{stmt: eff, refuse: eff.Refuse, check: eff.Checked}
+		acts[i] = action{stmt: eff, refuse: eff.Refuse}
+		if eff.Checked {
+			acts[i].detail = resolveDetail(eff, executeArgs(st))
+			acts[i].check = true
+		}
 		need = need || eff.Refuse || eff.Checked
 	}
 	if !need {
 		s.queue.push(pending{kind: pendQuery})
 		if !plan.Changed {
-			_, err = s.sw.Write(msg)
-			return err
+			s.sout.append(msg...)
+			return nil
 		}
-		return s.write(&pgproto3.Query{String: plan.SQL})
+		return s.send(&pgproto3.Query{String: plan.SQL})
 	}
-	execArgs := func(st *rewrite.Statement) func(int) (string, bool) {
-		return func(n int) (string, bool) {
-			if st.Kind != rewrite.KindExecute || n < 1 || n > len(st.ExecuteArgs) || st.ExecuteArgs[n-1].Kind != rewrite.ValueLiteral {
-				return "", false
-			}
-			return st.ExecuteArgs[n-1].Literal, true
-		}
-	}
-
 	if len(plan.Statements) == 1 {
 		a := acts[0]
 		if a.refuse {
 			s.srv.metrics.refused(a.stmt.Policy)
 			s.queue.push(pending{kind: pendQuery, flags: flagInternal | flagCleanErr})
-			return s.write(&pgproto3.Query{String: requiredSQL(a.stmt.Policy, g.requiredCode)})
+			return s.send(&pgproto3.Query{String: requiredSQL(a.stmt.Policy, g.requiredCode)})
 		}
-		c := newCheck(a.stmt, resolveDetail(a.stmt, execArgs(&plan.Statements[0])))
-		s.queue.push(pending{kind: pendQuery, check: c})
-		if err := s.write(&pgproto3.Query{String: plan.SQL}); err != nil {
+		c := &checkState{stmt: a.stmt, detail: a.detail}
+		c.then = func(out checkOutcome) error {
+			if out != outcomeStale {
+				return nil
+			}
+			s.srv.metrics.stale(c.stmt.Policy)
+			s.queue.push(pending{kind: pendQuery, flags: flagInternal | flagCleanErr})
+			return s.send(&pgproto3.Query{String: staleSQL(c.stmt.Policy, c.detail, g.staleCode)})
+		}
+		if err := s.send(&pgproto3.Query{String: plan.SQL}); err != nil {
 			return err
 		}
-		out, err := s.wait(c)
-		if err != nil || out != outcomeStale {
-			return err
-		}
-		s.srv.metrics.stale(a.stmt.Policy)
-		s.queue.push(pending{kind: pendQuery, flags: flagInternal | flagCleanErr})
-		return s.write(&pgproto3.Query{String: staleSQL(a.stmt.Policy, c.detail, g.staleCode)})
+		s.check(pending{kind: pendQuery, check: c})
+		return nil
 	}
-
 	// Several statements: run them as an extended-protocol pipeline, which
 	// shares the simple query's implicit transaction and skip-on-error
 	// semantics, pausing after each checked statement. The unnamed
 	// statement and portal are used, as the simple query itself would.
 	delete(g.stmts, "")
 	delete(g.portals, "")
-	for i := range plan.Statements {
-		a := acts[i]
+	return s.continuePipeline(&translation{plan: plan, acts: acts})
+}
+
+// action is what one statement of a simple query needs at run time.
+type action struct {
+	stmt   *rewrite.Statement
+	refuse bool
+	check  bool
+	detail staleDetail
+}
+
+// translation is a multi-statement simple query being run as a pipeline.
+type translation struct {
+	plan *rewrite.Plan
+	acts []action
+	next int
+}
+
+// continuePipeline sends the translated query's statements from t.next on,
+// up to the next checked one, or to the end and the closing Sync.
+func (s *session) continuePipeline(t *translation) error {
+	g := s.guard
+	for t.next < len(t.acts) {
+		i := t.next
+		t.next++
+		a := t.acts[i]
 		if a.refuse {
 			s.srv.metrics.refused(a.stmt.Policy)
 			if err := s.raiseInPipeline("", requiredSQL(a.stmt.Policy, g.requiredCode)); err != nil {
@@ -227,66 +162,71 @@ func (s *session) onQuery() error {
 			}
 			break
 		}
-		var c *checkState
-		if a.check {
-			c = newCheck(a.stmt, resolveDetail(a.stmt, execArgs(&plan.Statements[i])))
-		}
 		s.queue.push(pending{kind: pendParse, flags: flagInternal})
 		s.queue.push(pending{kind: pendBind, flags: flagInternal})
 		s.queue.push(pending{kind: pendDescribePortal, flags: flagInternal})
-		s.queue.push(pending{kind: pendExecute, check: c})
-		if err := s.write(&pgproto3.Parse{Query: plan.Statements[i].SQL}, &pgproto3.Bind{}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}); err != nil {
+		if err := s.send(&pgproto3.Parse{Query: t.plan.Statements[i].SQL}, &pgproto3.Bind{}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}); err != nil {
 			return err
 		}
-		if c == nil {
+		if !a.check {
+			s.queue.push(pending{kind: pendExecute})
 			continue
 		}
-		if err := s.write(&pgproto3.Flush{}); err != nil {
-			return err
-		}
-		out, err := s.wait(c)
-		if err != nil {
-			return err
-		}
-		if out == outcomeStale {
-			s.srv.metrics.stale(a.stmt.Policy)
-			if err := s.raiseInPipeline("", staleSQL(a.stmt.Policy, c.detail, g.staleCode)); err != nil {
-				return err
+		c := &checkState{stmt: a.stmt, detail: a.detail}
+		c.then = func(out checkOutcome) error {
+			switch out {
+			case outcomeStale:
+				s.srv.metrics.stale(c.stmt.Policy)
+				if err := s.raiseInPipeline("", staleSQL(c.stmt.Policy, c.detail, g.staleCode)); err != nil {
+					return err
+				}
+			case outcomeOK:
+				return s.continuePipeline(t)
 			}
+			s.queue.push(pending{kind: pendSync})
+			return s.send(&pgproto3.Sync{})
 		}
-		if out != outcomeOK {
-			break
+		if err := s.send(&pgproto3.Flush{}); err != nil {
+			return err
 		}
+		s.check(pending{kind: pendExecute, check: c})
+		return nil
 	}
 	s.queue.push(pending{kind: pendSync})
-	return s.write(&pgproto3.Sync{})
+	return s.send(&pgproto3.Sync{})
+}
+
+// executeArgs gives a checked EXECUTE's literal arguments to resolveDetail.
+func executeArgs(st *rewrite.Statement) func(int) (string, bool) {
+	return func(n int) (string, bool) {
+		if st.Kind != rewrite.KindExecute || n < 1 || n > len(st.ExecuteArgs) || st.ExecuteArgs[n-1].Kind != rewrite.ValueLiteral {
+			return "", false
+		}
+		return st.ExecuteArgs[n-1].Literal, true
+	}
 }
 
 // raiseInPipeline makes the server raise an error of the proxy's inside the
-// current extended-protocol sequence, through the named statement and portal
-// name ("" for the unnamed ones, which only a translated simple query may
+// current extended-protocol sequence, through the named statement and
+// portal ("" for the unnamed ones, which only a translated simple query may
 // use). The server then skips to the next Sync, as for any error.
 func (s *session) raiseInPipeline(name, sql string) error {
 	if name != "" {
 		s.queue.push(pending{kind: pendClose, flags: flagInternal})
 		s.queue.push(pending{kind: pendClose, flags: flagInternal})
-		if err := s.write(&pgproto3.Close{ObjectType: 'S', Name: name}, &pgproto3.Close{ObjectType: 'P', Name: name}); err != nil {
+		if err := s.send(&pgproto3.Close{ObjectType: 'S', Name: name}, &pgproto3.Close{ObjectType: 'P', Name: name}); err != nil {
 			return err
 		}
 	}
 	s.queue.push(pending{kind: pendParse, flags: flagInternal})
 	s.queue.push(pending{kind: pendBind, flags: flagInternal})
 	s.queue.push(pending{kind: pendExecute, flags: flagInternal | flagCleanErr})
-	return s.write(&pgproto3.Parse{Name: name, Query: sql}, &pgproto3.Bind{DestinationPortal: name, PreparedStatement: name}, &pgproto3.Execute{Portal: name})
+	return s.send(&pgproto3.Parse{Name: name, Query: sql}, &pgproto3.Bind{DestinationPortal: name, PreparedStatement: name}, &pgproto3.Execute{Portal: name})
 }
 
 // onParse rewrites a guarded statement being prepared and remembers its plan
 // under the statement's name.
-func (s *session) onParse() error {
-	msg, err := s.cr.next()
-	if err != nil {
-		return err
-	}
+func (s *session) onParse(msg []byte) error {
 	var p pgproto3.Parse
 	if err := p.Decode(msg[5:]); err != nil {
 		return protoErrorf("Parse: %v", err)
@@ -297,39 +237,35 @@ func (s *session) onParse() error {
 	}
 	s.queue.push(pending{kind: pendParse})
 	if !g.rw.MayTouch(p.Query) {
-		_, err = s.sw.Write(msg)
-		return err
+		s.sout.append(msg...)
+		return nil
 	}
 	plan, reject := g.plan(p.Query)
 	if plan == nil && reject != "" {
 		// Prepare the refusal in its place: executing it raises the error.
 		p.Query, p.ParameterOIDs = reject, nil
-		return s.write(&p)
+		return s.send(&p)
 	}
 	if plan == nil || len(plan.Statements) != 1 {
-		_, err = s.sw.Write(msg)
-		return err
+		s.sout.append(msg...)
+		return nil
 	}
 	st := &plan.Statements[0]
 	if st.Policy != nil {
 		g.stmts[p.Name] = &prepared{plan: st, oids: append([]uint32(nil), p.ParameterOIDs...)}
 	}
 	if !plan.Changed {
-		_, err = s.sw.Write(msg)
-		return err
+		s.sout.append(msg...)
+		return nil
 	}
 	s.srv.metrics.rewritten.Add(1)
 	p.Query = plan.SQL
-	return s.write(&p)
+	return s.send(&p)
 }
 
 // onBind notes which portals run checked statements, with the bound values
 // the stale error's detail needs.
-func (s *session) onBind() error {
-	msg, err := s.cr.next()
-	if err != nil {
-		return err
-	}
+func (s *session) onBind(msg []byte) error {
 	g := s.guard
 	s.queue.push(pending{kind: pendBind})
 	portal, rest, ok := cstringBytes(msg[5:])
@@ -345,49 +281,44 @@ func (s *session) onBind() error {
 		if len(g.portals) > 0 {
 			delete(g.portals, unsafeString(portal))
 		}
-		_, err = s.sw.Write(msg)
-		return err
+		s.sout.append(msg...)
+		return nil
 	}
 	var b pgproto3.Bind
 	if err := b.Decode(msg[5:]); err != nil {
 		return protoErrorf("Bind: %v", err)
 	}
-	arg := func(n int) (string, bool) {
-		if n < 1 || n > len(b.Parameters) {
-			return "", false
-		}
-		binaryFormat := false
-		switch len(b.ParameterFormatCodes) {
-		case 0:
-		case 1:
-			binaryFormat = b.ParameterFormatCodes[0] == 1
-		default:
-			if n <= len(b.ParameterFormatCodes) {
-				binaryFormat = b.ParameterFormatCodes[n-1] == 1
-			}
-		}
-		var oid uint32
-		if n <= len(prep.oids) {
-			oid = prep.oids[n-1]
-		}
-		return decodeParam(b.Parameters[n-1], binaryFormat, oid)
-	}
 	bp := &boundPortal{stmt: prep.plan}
 	if prep.plan.Checked {
-		bp.detail = resolveDetail(prep.plan, arg)
+		bp.detail = resolveDetail(prep.plan, func(n int) (string, bool) {
+			if n < 1 || n > len(b.Parameters) {
+				return "", false
+			}
+			binaryFormat := false
+			switch len(b.ParameterFormatCodes) {
+			case 0:
+			case 1:
+				binaryFormat = b.ParameterFormatCodes[0] == 1
+			default:
+				if n <= len(b.ParameterFormatCodes) {
+					binaryFormat = b.ParameterFormatCodes[n-1] == 1
+				}
+			}
+			var oid uint32
+			if n <= len(prep.oids) {
+				oid = prep.oids[n-1]
+			}
+			return decodeParam(b.Parameters[n-1], binaryFormat, oid)
+		})
 	}
 	g.portals[b.DestinationPortal] = bp
-	_, err = s.sw.Write(msg)
-	return err
+	s.sout.append(msg...)
+	return nil
 }
 
 // onExecute runs a checked portal and holds the client until its outcome is
 // known; a refused one is replaced by the refusal.
-func (s *session) onExecute() error {
-	msg, err := s.cr.next()
-	if err != nil {
-		return err
-	}
+func (s *session) onExecute(msg []byte) error {
 	g := s.guard
 	portal, _, ok := cstringBytes(msg[5:])
 	if !ok {
@@ -397,34 +328,33 @@ func (s *session) onExecute() error {
 	switch {
 	case bp == nil || (!bp.stmt.Checked && !bp.stmt.Refuse):
 		s.queue.push(pending{kind: pendExecute})
-		_, err = s.sw.Write(msg)
-		return err
+		s.sout.append(msg...)
+		return nil
 	case bp.stmt.Refuse:
+		if s.queue.skipping {
+			return nil // the server would skip it
+		}
 		s.srv.metrics.refused(bp.stmt.Policy)
 		return s.raiseInPipeline("pgoptimist_raise", requiredSQL(bp.stmt.Policy, g.requiredCode))
 	}
-	c := newCheck(bp.stmt, bp.detail)
-	s.queue.push(pending{kind: pendExecute, check: c})
-	if _, err := s.sw.Write(msg); err != nil {
+	c := &checkState{stmt: bp.stmt, detail: bp.detail}
+	c.then = func(out checkOutcome) error {
+		if out != outcomeStale {
+			return nil
+		}
+		s.srv.metrics.stale(c.stmt.Policy)
+		return s.raiseInPipeline("pgoptimist_raise", staleSQL(c.stmt.Policy, c.detail, g.staleCode))
+	}
+	s.sout.append(msg...)
+	if err := s.send(&pgproto3.Flush{}); err != nil {
 		return err
 	}
-	if err := s.write(&pgproto3.Flush{}); err != nil {
-		return err
-	}
-	out, err := s.wait(c)
-	if err != nil || out != outcomeStale {
-		return err
-	}
-	s.srv.metrics.stale(bp.stmt.Policy)
-	return s.raiseInPipeline("pgoptimist_raise", staleSQL(bp.stmt.Policy, c.detail, g.staleCode))
+	s.check(pending{kind: pendExecute, check: c})
+	return nil
 }
 
 // onClose forgets closed guarded statements and portals.
-func (s *session) onClose() error {
-	msg, err := s.cr.next()
-	if err != nil {
-		return err
-	}
+func (s *session) onClose(msg []byte) error {
 	s.queue.push(pending{kind: pendClose})
 	if len(msg) >= 7 {
 		if name, _, ok := cstringBytes(msg[6:]); ok {
@@ -436,8 +366,8 @@ func (s *session) onClose() error {
 			}
 		}
 	}
-	_, err = s.sw.Write(msg)
-	return err
+	s.sout.append(msg...)
+	return nil
 }
 
 // containsFold reports whether b contains the lower-case ASCII word w,

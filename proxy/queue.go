@@ -1,10 +1,6 @@
 package proxy
 
-import (
-	"sync"
-
-	"github.com/pgoptimist/pgoptimist/rewrite"
-)
+import "github.com/pgoptimist/pgoptimist/rewrite"
 
 // pendingKind is a request whose response the server has yet to send.
 type pendingKind uint8
@@ -23,25 +19,24 @@ const (
 // pending flags.
 const (
 	flagInternal = 1 << iota // sent by the proxy: its completion messages are not the client's
-	flagChecked              // a guarded statement whose zero-row result is a conflict
 	flagStale                // (simple query) the checked statement matched no row
 	flagErrored              // (simple query) the server reported an error
-	flagCleanErr             // an internal statement whose error is relayed without PL/pgSQL context
+	flagCleanErr             // the proxy's own DO block: its error is relayed without PL/pgSQL context
 )
 
 // pending is one entry of the response queue.
 type pending struct {
 	kind  pendingKind
 	flags uint8
-	check *checkState // for flagChecked entries
+	check *checkState // a checked statement: zero rows affected is a conflict
 }
 
-// checkState carries a checked statement from the client side of the relay
-// to the server side and back: what to check, and the outcome.
+// checkState is a checked statement in flight: what to check, and what to
+// do once the outcome is known.
 type checkState struct {
 	stmt   *rewrite.Statement
 	detail staleDetail
-	done   chan checkOutcome
+	then   func(checkOutcome) error
 }
 
 type checkOutcome uint8
@@ -53,10 +48,9 @@ const (
 )
 
 // responseQueue records, in order, what the server owes the client, so the
-// server side of the relay knows which response answers which request. The
-// client side pushes, the server side pops.
+// relay knows which response answers which request. Only the session's
+// event loop touches it.
 type responseQueue struct {
-	mu    sync.Mutex
 	items []pending
 	head  int
 	// skipping: an extended-protocol error was reported and no Sync was
@@ -64,15 +58,12 @@ type responseQueue struct {
 	skipping bool
 }
 
-func (q *responseQueue) push(p pending) {
-	q.mu.Lock()
+// push adds a request. It returns false when the server will ignore the
+// request (it is skipping to a Sync); the request is then not queued.
+func (q *responseQueue) push(p pending) bool {
 	if q.skipping {
 		if p.kind != pendSync {
-			q.mu.Unlock()
-			if p.check != nil {
-				p.check.done <- outcomeSkipped
-			}
-			return
+			return false
 		}
 		q.skipping = false
 	}
@@ -81,13 +72,11 @@ func (q *responseQueue) push(p pending) {
 		q.head = 0
 	}
 	q.items = append(q.items, p)
-	q.mu.Unlock()
+	return true
 }
 
 // peek returns the oldest entry, or ok=false when nothing is pending.
 func (q *responseQueue) peek() (pending, bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
 	if q.head == len(q.items) {
 		return pending{}, false
 	}
@@ -96,16 +85,12 @@ func (q *responseQueue) peek() (pending, bool) {
 
 // setFlags ORs flags into the oldest entry.
 func (q *responseQueue) setFlags(f uint8) {
-	q.mu.Lock()
 	if q.head < len(q.items) {
 		q.items[q.head].flags |= f
 	}
-	q.mu.Unlock()
 }
 
 func (q *responseQueue) pop() (pending, bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
 	if q.head == len(q.items) {
 		return pending{}, false
 	}
@@ -116,21 +101,21 @@ func (q *responseQueue) pop() (pending, bool) {
 }
 
 // skipToSync drops the entries an extended-protocol error makes the server
-// skip (everything before the next Sync) and returns the checked ones, whose
-// waiters must be released.
-func (q *responseQueue) skipToSync(released func(*checkState)) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
+// skip (everything before the next Sync, simple queries included) and
+// returns the checked ones.
+func (q *responseQueue) skipToSync() []*checkState {
+	var released []*checkState
 	for q.head < len(q.items) {
 		p := q.items[q.head]
-		if p.kind == pendSync || p.kind == pendQuery {
-			return
+		if p.kind == pendSync {
+			return released
 		}
 		if p.check != nil {
-			released(p.check)
+			released = append(released, p.check)
 		}
 		q.items[q.head] = pending{}
 		q.head++
 	}
 	q.skipping = true
+	return released
 }

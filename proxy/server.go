@@ -25,6 +25,7 @@ type Server struct {
 	cfg     atomic.Pointer[config.Config]
 	guards  *guardRegistry
 	metrics *Metrics
+	loops   *loopSet
 
 	clientTLS atomic.Pointer[tls.Config] // nil when tls.mode is disable
 
@@ -46,6 +47,11 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		sessions: make(map[*session]struct{}),
 	}
 	s.guards = newGuardRegistry(log, s.metrics)
+	loops, err := newLoopSet(defaultLoops())
+	if err != nil {
+		return nil, err
+	}
+	s.loops = loops
 	if err := s.Reload(cfg); err != nil {
 		return nil, err
 	}
@@ -164,6 +170,7 @@ func (s *Server) Shutdown(ctx context.Context) int {
 	s.mu.Unlock()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
+	defer s.loops.stop()
 	select {
 	case <-done:
 		return 0

@@ -1,0 +1,385 @@
+package proxy
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// The relay's event loop: one goroutine waits in epoll_wait for every
+// session it owns and handles each ready connection with plain read and
+// write system calls. Compared with two goroutines per session parked in
+// Go's netpoller, it wakes once for many ready connections, never reads
+// just to learn that nothing is there, and hands nothing between threads:
+// on a small machine shared with the database that is the difference
+// between trailing PgBouncer and matching it (see README, Performance).
+
+// loopSet spreads sessions over the loops round-robin.
+type loopSet struct {
+	loops    []*loop
+	n        atomic.Uint64
+	stopOnce sync.Once
+}
+
+func newLoopSet(count int) (*loopSet, error) {
+	ls := &loopSet{}
+	for i := 0; i < count; i++ {
+		l, err := newLoop()
+		if err != nil {
+			return nil, err
+		}
+		ls.loops = append(ls.loops, l)
+		go l.run()
+	}
+	return ls, nil
+}
+
+// stop ends the loops; their sessions must be gone already.
+func (ls *loopSet) stop() {
+	ls.stopOnce.Do(func() {
+		for _, l := range ls.loops {
+			l.post(func() { l.stopped = true })
+		}
+	})
+}
+
+func (ls *loopSet) next() *loop {
+	return ls.loops[ls.n.Add(1)%uint64(len(ls.loops))]
+}
+
+// defaultLoops is one loop per two CPUs: the other half is left to the
+// database and the clients, which on a proxy's host usually share them.
+func defaultLoops() int {
+	return max(1, runtime.GOMAXPROCS(0)/2)
+}
+
+// loop is one event loop. Sessions and their descriptors belong to it; other
+// goroutines reach it only through post.
+type loop struct {
+	epfd   int
+	wakefd int // eventfd: wakes epoll_wait for posted work
+
+	mu    sync.Mutex
+	posts []func()
+
+	fds     map[int32]fdRef
+	scratch []func()
+	stopped bool
+}
+
+// fdRef maps a descriptor back to its session and side.
+type fdRef struct {
+	s      *session
+	client bool
+}
+
+func newLoop() (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd)}); err != nil {
+		return nil, fmt.Errorf("epoll_ctl: %w", err)
+	}
+	return &loop{epfd: epfd, wakefd: wakefd, fds: make(map[int32]fdRef)}, nil
+}
+
+// post runs f on the loop's goroutine.
+func (l *loop) post(f func()) {
+	l.mu.Lock()
+	l.posts = append(l.posts, f)
+	l.mu.Unlock()
+	var one = [8]byte{1}
+	_, _ = unix.Write(l.wakefd, one[:])
+}
+
+func (l *loop) run() {
+	events := make([]unix.EpollEvent, 256)
+	for {
+		n, err := unix.EpollWait(l.epfd, events, -1)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			panic(fmt.Sprintf("epoll_wait: %v", err)) // cannot happen with valid arguments
+		}
+		for i := 0; i < n; i++ {
+			ev := &events[i]
+			if int(ev.Fd) == l.wakefd {
+				l.runPosts()
+				if l.stopped {
+					unix.Close(l.epfd)
+					unix.Close(l.wakefd)
+					return
+				}
+				continue
+			}
+			ref, ok := l.fds[ev.Fd]
+			if !ok {
+				continue
+			}
+			l.handle(ref, ev.Events)
+		}
+	}
+}
+
+func (l *loop) runPosts() {
+	var buf [8]byte
+	_, _ = unix.Read(l.wakefd, buf[:])
+	l.mu.Lock()
+	l.scratch, l.posts = l.posts, l.scratch[:0]
+	l.mu.Unlock()
+	for i, f := range l.scratch {
+		f()
+		l.scratch[i] = nil
+	}
+}
+
+// adopt takes a session whose startup is done: its connections become
+// non-blocking descriptors owned by the loop (TLS connections through a
+// socket pair and two copying goroutines, since TLS needs Go's net.Conn),
+// with whatever the startup phase had already buffered.
+func (l *loop) adopt(s *session) error {
+	cfd, err := s.detach(s.client)
+	if err != nil {
+		return fmt.Errorf("client connection: %w", err)
+	}
+	sfd, err := s.detach(s.server)
+	if err != nil {
+		unix.Close(cfd)
+		return fmt.Errorf("server connection: %w", err)
+	}
+	if n := s.cr.r.Buffered(); n > 0 {
+		b, _ := s.cr.r.Peek(n)
+		s.cin.append(b...)
+	}
+	if n := s.sr.r.Buffered(); n > 0 {
+		b, _ := s.sr.r.Peek(n)
+		s.sin.append(b...)
+	}
+	s.cr, s.sr, s.cw, s.sw = nil, nil, nil, nil
+	l.post(func() {
+		s.lp, s.cfd, s.sfd = l, cfd, sfd
+		l.fds[int32(cfd)] = fdRef{s: s, client: true}
+		l.fds[int32(sfd)] = fdRef{s: s}
+		s.cEvents, s.sEvents = unix.EPOLLIN|unix.EPOLLRDHUP, unix.EPOLLIN|unix.EPOLLRDHUP
+		err1 := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, cfd, &unix.EpollEvent{Events: s.cEvents, Fd: int32(cfd)})
+		err2 := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, sfd, &unix.EpollEvent{Events: s.sEvents, Fd: int32(sfd)})
+		if err := errors.Join(err1, err2); err != nil {
+			l.closeSession(s, fmt.Errorf("epoll_ctl: %w", err))
+			return
+		}
+		// Bytes buffered during startup are handled as if just read.
+		l.handle(fdRef{s: s}, 0)
+	})
+	return nil
+}
+
+// detach turns a connection into a non-blocking descriptor for the loop.
+// A plain socket's descriptor is duplicated and the net.Conn closed (which
+// also takes it out of Go's netpoller); anything else (TLS) is bridged
+// through a socket pair.
+func (s *session) detach(c net.Conn) (int, error) {
+	if sc, ok := c.(syscall.Conn); ok {
+		if _, isTLS := c.(*tls.Conn); !isTLS {
+			raw, err := sc.SyscallConn()
+			if err != nil {
+				return -1, err
+			}
+			fd := -1
+			var derr error
+			if err := raw.Control(func(f uintptr) { fd, derr = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+				return -1, err
+			}
+			if derr != nil {
+				return -1, derr
+			}
+			if err := unix.SetNonblock(fd, true); err != nil {
+				unix.Close(fd)
+				return -1, err
+			}
+			c.Close()
+			return fd, nil
+		}
+	}
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("socketpair: %w", err)
+	}
+	f := os.NewFile(uintptr(pair[1]), "pgoptimist-tls-bridge")
+	bridge, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		unix.Close(pair[0])
+		return -1, err
+	}
+	if err := unix.SetNonblock(pair[0], true); err != nil {
+		unix.Close(pair[0])
+		bridge.Close()
+		return -1, err
+	}
+	// Two copying goroutines, owned by the session: each ends when its
+	// source does, and closes both ends so the other ends too.
+	s.pumps.Add(2)
+	pump := func(dst, src net.Conn) {
+		defer s.pumps.Done()
+		_, _ = io.Copy(dst, src)
+		dst.Close()
+		src.Close()
+	}
+	go pump(c, bridge)
+	go pump(bridge, c)
+	return pair[0], nil
+}
+
+// handle runs one readiness event of one session. A panic ends that
+// session only.
+func (l *loop) handle(ref fdRef, ev uint32) {
+	s := ref.s
+	defer func() {
+		if r := recover(); r != nil {
+			s.srv.metrics.panics.Add(1)
+			s.srv.log.Error("session panic recovered", "panic", r, "stack", string(debug.Stack()))
+			l.closeSession(s, fmt.Errorf("panic: %v", r))
+		}
+	}()
+	if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
+		if ref.client {
+			if err := readInto(s.cfd, &s.cin); err != nil {
+				l.closeSession(s, err)
+				return
+			}
+		} else if err := readInto(s.sfd, &s.sin); err != nil {
+			// The server closed: deliver what it said (a FATAL, usually).
+			s.processServer()
+			_ = writeOut(s.cfd, &s.cout)
+			l.closeSession(s, err)
+			return
+		}
+	}
+	if ref.client {
+		s.processClient()
+	} else {
+		s.processServer()
+		if s.hold == nil {
+			s.processClient() // frames held behind a checked statement
+		}
+	}
+	l.flush(s)
+}
+
+// readInto reads what is available from fd.
+func readInto(fd int, q *buffer) error {
+	n, err := unix.Read(fd, q.spare(16<<10))
+	switch {
+	case n > 0:
+		q.commit(n)
+		return nil
+	case n == 0 && err == nil:
+		return io.EOF
+	case errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR):
+		return nil
+	}
+	return err
+}
+
+// writeOut writes as much of q as fd takes now.
+func writeOut(fd int, q *buffer) error {
+	for q.len() > 0 {
+		n, err := unix.Write(fd, q.data())
+		if n > 0 {
+			q.consume(n)
+		}
+		if err != nil {
+			if errors.Is(err, unix.EAGAIN) {
+				return nil
+			}
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return err
+		}
+	}
+	q.release(256 << 10)
+	return nil
+}
+
+// flush writes the session's pending output, ends it if it is over, and
+// sets which events the loop waits for: reading a side stops while the
+// output it feeds is backed up (or, for the client, while a checked
+// statement holds it and its input is already large), writing is awaited
+// only while output is pending.
+func (l *loop) flush(s *session) {
+	if err := writeOut(s.sfd, &s.sout); err != nil {
+		l.closeSession(s, fmt.Errorf("writing to server: %w", err))
+		return
+	}
+	if err := writeOut(s.cfd, &s.cout); err != nil {
+		l.closeSession(s, fmt.Errorf("writing to client: %w", err))
+		return
+	}
+	if s.ending && s.cout.len() == 0 && s.sout.len() == 0 {
+		l.closeSession(s, s.endErr)
+		return
+	}
+	cev := uint32(unix.EPOLLRDHUP)
+	if s.sout.len() < highWater && (s.cin.len() < highWater || s.cPass > 0 || s.hold == nil && s.cin.len() < s.cfg.Limits.MaxMessageBytes+5) && !s.ending {
+		cev |= unix.EPOLLIN
+	}
+	if s.cout.len() > 0 {
+		cev |= unix.EPOLLOUT
+	}
+	sev := uint32(unix.EPOLLRDHUP)
+	if s.cout.len() < highWater && !s.ending {
+		sev |= unix.EPOLLIN
+	}
+	if s.sout.len() > 0 {
+		sev |= unix.EPOLLOUT
+	}
+	if cev != s.cEvents {
+		s.cEvents = cev
+		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, s.cfd, &unix.EpollEvent{Events: cev, Fd: int32(s.cfd)})
+	}
+	if sev != s.sEvents {
+		s.sEvents = sev
+		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, s.sfd, &unix.EpollEvent{Events: sev, Fd: int32(s.sfd)})
+	}
+}
+
+// closeSession ends a session: its descriptors leave the loop and are
+// closed, and the session's goroutine is released.
+func (l *loop) closeSession(s *session, err error) {
+	if s.lp == nil || s.cfd < 0 {
+		return
+	}
+	if errors.Is(err, io.EOF) && !s.ending {
+		// The client went away without Terminate: end the server's
+		// session politely.
+		if _, ok := l.fds[int32(s.sfd)]; ok {
+			_, _ = unix.Write(s.sfd, []byte{'X', 0, 0, 0, 4})
+		}
+	}
+	for _, fd := range []int{s.cfd, s.sfd} {
+		delete(l.fds, int32(fd))
+		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+		unix.Close(fd)
+	}
+	s.cfd, s.sfd = -1, -1
+	s.end(err)
+	close(s.relayDone)
+}
