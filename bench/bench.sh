@@ -75,6 +75,7 @@ ensure_args=()
 "$ROOT/scripts/ensure-postgres.sh" "${ensure_args[@]}"
 
 PGBENCH=$(find_pg_bin pgbench) || die "pgbench not found"
+PSQL=$(find_pg_bin psql) || die "psql not found"
 if [ "$need_pgbouncer" -eq 1 ]; then
 	# apt may still be installing it in the background: wait a little.
 	for _ in $(seq 1 120); do
@@ -333,13 +334,76 @@ for ((r = 1; r <= ROUNDS; r++)); do
 	done
 done
 
-# guarded_bench: guarded-update workload (optimistic-concurrency UPDATEs that
-# pgoptimist rewrites). Arguments: none; uses PORT[...], PGBENCH, DB, TARGETS,
-# DURATION, ROUNDS and $TMP like run_one.
+# guarded_bench: the guarded-update workload. Every client reads a row's
+# version and updates the row with "AND version = :version", on rows of its
+# own (no conflicts, so pgbench never aborts), through pgoptimist with the
+# table guarded (rewritten, incremented, held for the check) and through
+# pgoptimist with no table guarded (the same statements forwarded as they
+# are), in simple and extended protocol. GUARDED=0 skips it.
+GUARDED_RESULTS="$TMP/guarded.txt"
 guarded_bench() {
-	# TODO(lead): implement the guarded-update workload (custom pgbench script
-	# with -f, run over all targets, report median TPS and ratio to direct).
-	echo "guarded benchmark: not yet implemented"
+	[ "${GUARDED:-1}" = 1 ] && have_target pgoptimist || return 0
+	log "guarded workload: loading public.vt"
+	run_fg "$PSQL" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PGPORT_DIRECT" -U "$PGUSER_BENCH" -d "$DB" -c "
+		DROP TABLE IF EXISTS vt;
+		CREATE TABLE vt (id int PRIMARY KEY, version int NOT NULL DEFAULT 1, n int NOT NULL DEFAULT 0);
+		INSERT INTO vt (id) SELECT generate_series(1, 80000);" -c "VACUUM ANALYZE vt" >"$TMP/vt.log" 2>&1 || {
+		cat "$TMP/vt.log" >&2
+		die "loading vt failed"
+	}
+	cat >"$TMP/guarded.sql" <<'SQL'
+\set id :client_id * 10000 + random(1, 10000)
+SELECT version FROM vt WHERE id = :id \gset
+UPDATE vt SET n = n + 1 WHERE id = :id AND version = :version;
+SQL
+	PORT[guarded]=$(freeport)
+	cat >"$TMP/guarded.yaml" <<YAML
+listen: 127.0.0.1:${PORT[guarded]}
+upstream:
+  address: 127.0.0.1:$PGPORT_DIRECT
+  tls: disable
+log:
+  level: warn
+tables:
+  - name: public.vt
+YAML
+	"$PGOPTIMIST" serve --config "$TMP/guarded.yaml" >"$TMP/pgoptimist-guarded.log" 2>&1 &
+	PIDS+=($!)
+	wait_port guarded "$!" "${PORT[guarded]}" "$TMP/pgoptimist-guarded.log" || die "guarded pgoptimist did not start"
+	: >"$GUARDED_RESULTS"
+	local r m t out tps
+	for ((r = 1; r <= ROUNDS; r++)); do
+		for m in simple extended; do
+			for t in pgoptimist guarded; do
+				out="$TMP/guarded-$m-$t-$r.log"
+				tps=
+				if run_fg "$PGBENCH" -n -f "$TMP/guarded.sql" -M "$m" -c 8 -j 2 -T "$DURATION" \
+					-h 127.0.0.1 -p "${PORT[$t]}" -U "$PGUSER_BENCH" "$DB" >"$out" 2>&1; then
+					tps=$(awk '/^tps = / { print $3; exit }' "$out")
+				fi
+				if [ -z "$tps" ] || grep -q "aborted" "$out"; then
+					FAILURES=$((FAILURES + 1))
+					log "guarded run failed: $m $t round $r"
+					tail -n 15 "$out" >&2
+					continue
+				fi
+				echo "$m $t $tps" >>"$GUARDED_RESULTS"
+				printf '[bench %s]   g  %-8s %-10s round %d: tps %10.1f\n' "$(date +%H:%M:%S)" "$m" "$t" "$r" "$tps" >&2
+			done
+		done
+	done
+	echo "(g) guarded update: SELECT version, then UPDATE ... AND version = :version, 8 clients (-f guarded.sql -c 8 -j 2)"
+	printf '  %-10s %18s %16s %10s\n' protocol "unguarded TPS" "guarded TPS" "guarded/unguarded"
+	for m in simple extended; do
+		local u g
+		u=$(awk -v m="$m" '$1 == m && $2 == "pgoptimist" { print $3 }' "$GUARDED_RESULTS" | median)
+		g=$(awk -v m="$m" '$1 == m && $2 == "guarded" { print $3 }' "$GUARDED_RESULTS" | median)
+		if [ -z "$u" ] || [ -z "$g" ]; then
+			printf '  %-10s %18s\n' "$m" "(no successful runs)"
+			continue
+		fi
+		printf '  %-10s %18.1f %16.1f %10.3f\n' "$m" "$u" "$g" "$(awk -v a="$g" -v b="$u" 'BEGIN { print a / b }')"
+	done
 }
 
 # --- report ------------------------------------------------------------------

@@ -94,7 +94,7 @@ func (p *Plan) Guarded() bool {
 
 // Statement is the plan of one top-level statement.
 type Statement struct {
-	SQL         string  // this statement alone, rewritten (or its original text when unchanged), without a trailing ';'
+	SQL         string // this statement alone, rewritten (or its original text when unchanged), without a trailing ';'
 	Kind        Kind
 	Policy      *Policy // the guarded target table, nil when none
 	Incremented bool    // the proxy added the version increment

@@ -1,0 +1,360 @@
+package rewrite
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	pg "github.com/pganalyze/pg_query_go/v5"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+)
+
+// Options bound the work the rewriter does. Zero values take the defaults.
+type Options struct {
+	MaxSQLBytes int // longest text handed to the parser; 0 = 1 MiB
+	MaxDepth    int // estimated parse-tree nesting limit; 0 = 1000
+	CacheSize   int // cached plans; 0 = 4096, negative = no cache
+	CacheBytes  int // approximate memory the cached plans may hold; 0 = 64 MiB
+}
+
+const (
+	defaultMaxSQLBytes = 1 << 20
+	defaultMaxDepth    = 1000
+	defaultCacheSize   = 4096
+	defaultCacheBytes  = 64 << 20
+)
+
+// ErrTooLong and ErrTooDeep are the Err of a ParseError for text refused
+// before it reaches the parser.
+var (
+	ErrTooLong = errors.New("statement text longer than the limit")
+	ErrTooDeep = errors.New("statement nests deeper than the limit")
+	// ErrDeparse is returned (wrapped) when a rewritten tree cannot be turned
+	// back into SQL that parses to that very tree (pg_query's deparser gets a
+	// few rare constructs wrong). Treat the text like one that cannot be
+	// parsed.
+	ErrDeparse = errors.New("rewritten statement cannot be deparsed")
+)
+
+// ParseError is returned when a text cannot be parsed, is longer than
+// Options.MaxSQLBytes or nests deeper than Options.MaxDepth.
+type ParseError struct {
+	SQL string
+	Err error
+}
+
+func (e *ParseError) Error() string { return "rewrite: cannot parse statement: " + e.Err.Error() }
+func (e *ParseError) Unwrap() error { return e.Err }
+
+// Rewriter plans statements against a fixed set of table policies. It is
+// safe for concurrent use.
+type Rewriter struct {
+	policies []Policy
+	byTable  map[string][]*Policy
+	match    *matcher
+	opts     Options
+
+	// fullAnalysis turns off the per-statement prefilter (tests use it to
+	// check the prefilter against the analysis).
+	fullAnalysis bool
+
+	mu     sync.RWMutex
+	cache  map[string]map[string]*cacheEntry // searchPath -> SQL -> entry
+	n      int
+	bytes  int
+	hits   atomic.Uint64
+	misses atomic.Uint64
+}
+
+type cacheEntry struct {
+	plan *Plan
+	err  error
+	size int
+}
+
+// New returns a Rewriter for the policies, which it copies.
+func New(policies []Policy, opts Options) *Rewriter {
+	if opts.MaxSQLBytes <= 0 {
+		opts.MaxSQLBytes = defaultMaxSQLBytes
+	}
+	if opts.MaxDepth <= 0 {
+		opts.MaxDepth = defaultMaxDepth
+	}
+	if opts.CacheSize == 0 {
+		opts.CacheSize = defaultCacheSize
+	}
+	if opts.CacheBytes <= 0 {
+		opts.CacheBytes = defaultCacheBytes
+	}
+	r := &Rewriter{
+		policies: make([]Policy, len(policies)),
+		byTable:  map[string][]*Policy{},
+		opts:     opts,
+		cache:    map[string]map[string]*cacheEntry{},
+	}
+	tables := make([]string, 0, len(policies))
+	for i, p := range policies {
+		p.Key = append([]string(nil), p.Key...)
+		r.policies[i] = p
+		tables = append(tables, p.Table)
+	}
+	for i := range r.policies {
+		p := &r.policies[i]
+		r.byTable[p.Table] = append(r.byTable[p.Table], p)
+	}
+	r.match = newMatcher(tables)
+	return r
+}
+
+// Policies returns a copy of the rewriter's policies.
+func (r *Rewriter) Policies() []Policy {
+	out := make([]Policy, len(r.policies))
+	for i, p := range r.policies {
+		p.Key = append([]string(nil), p.Key...)
+		out[i] = p
+	}
+	return out
+}
+
+// MayTouch is a cheap text prefilter: false means the text names no guarded
+// table and holds no PREPARE, EXECUTE or DEALLOCATE, so Plan would leave it
+// unchanged with only KindOther statements. It may answer true for text
+// that turns out to be unguarded. It does not allocate.
+func (r *Rewriter) MayTouch(sql string) bool { return r.match.match(sql) }
+
+// CacheStats reports the plan cache's hits and misses since New.
+func (r *Rewriter) CacheStats() (hits, misses uint64) { return r.hits.Load(), r.misses.Load() }
+
+// Plan parses sql and returns its rewrite plan. searchPath is the session's
+// effective search_path as a comma-separated list of schema names ("" means
+// "public"); it resolves unqualified table names. Plans are cached by
+// (searchPath, sql) and shared: callers must not modify them. A plan never
+// refers to the caller's memory (the text is copied). The error, if any, is
+// a *ParseError, or wraps ErrDeparse.
+func (r *Rewriter) Plan(sql string, searchPath string) (*Plan, error) {
+	if len(sql) > r.opts.MaxSQLBytes {
+		return nil, &ParseError{SQL: strings.Clone(sql), Err: fmt.Errorf("%w (%d > %d bytes)", ErrTooLong, len(sql), r.opts.MaxSQLBytes)}
+	}
+	if r.opts.CacheSize > 0 {
+		r.mu.RLock()
+		e := r.cache[searchPath][sql]
+		r.mu.RUnlock()
+		if e != nil {
+			r.hits.Add(1)
+			return e.plan, e.err
+		}
+	}
+	r.misses.Add(1)
+	sql = strings.Clone(sql)
+	if exceedsDepth(sql, r.opts.MaxDepth) {
+		return nil, &ParseError{SQL: sql, Err: fmt.Errorf("%w (%d)", ErrTooDeep, r.opts.MaxDepth)}
+	}
+	plan, err := r.plan(sql, parseSearchPath(searchPath))
+	if r.opts.CacheSize > 0 {
+		r.store(strings.Clone(searchPath), sql, &cacheEntry{plan: plan, err: err, size: entrySize(sql, plan)})
+	}
+	return plan, err
+}
+
+func entrySize(sql string, p *Plan) int {
+	n := 2*len(sql) + 256
+	if p != nil {
+		if p.Changed {
+			n += len(p.SQL)
+		}
+		for i := range p.Statements {
+			st := &p.Statements[i]
+			n += 256
+			if st.Inner != nil {
+				n += 256 + len(st.Inner.SQL)
+			}
+			if p.Changed {
+				n += len(st.SQL)
+			}
+		}
+	}
+	return n
+}
+
+func (r *Rewriter) store(searchPath, sql string, e *cacheEntry) {
+	if e.size > r.opts.CacheBytes/4 {
+		return
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	inner := r.cache[searchPath]
+	if inner == nil {
+		inner = map[string]*cacheEntry{}
+		r.cache[searchPath] = inner
+	}
+	if old := inner[sql]; old != nil {
+		return // planned concurrently; keep the first
+	}
+	if r.n >= r.opts.CacheSize || r.bytes+e.size > r.opts.CacheBytes {
+		r.evictLocked(e.size)
+		if inner = r.cache[searchPath]; inner == nil {
+			inner = map[string]*cacheEntry{}
+			r.cache[searchPath] = inner
+		}
+	}
+	inner[sql] = e
+	r.n++
+	r.bytes += e.size
+}
+
+// evictLocked drops about a quarter of the cache (in map order, which is
+// effectively random), and more if need be to make room for size bytes.
+func (r *Rewriter) evictLocked(size int) {
+	targetN := r.opts.CacheSize - r.opts.CacheSize/4 - 1
+	targetBytes := r.opts.CacheBytes - r.opts.CacheBytes/4 - size
+	for sp, inner := range r.cache {
+		for k, e := range inner {
+			if r.n <= targetN && r.bytes <= targetBytes {
+				return
+			}
+			delete(inner, k)
+			r.n--
+			r.bytes -= e.size
+		}
+		if len(inner) == 0 {
+			delete(r.cache, sp)
+		}
+	}
+}
+
+// parseSearchPath splits a resolved search_path.
+func parseSearchPath(sp string) []string {
+	var out []string
+	for _, s := range strings.Split(sp, ",") {
+		s = strings.TrimSpace(s)
+		if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
+			s = strings.ReplaceAll(s[1:len(s)-1], `""`, `"`)
+		}
+		if s != "" {
+			out = append(out, s)
+		}
+	}
+	if len(out) == 0 {
+		out = []string{"public"}
+	}
+	return out
+}
+
+// plan parses and rewrites; sql is the rewriter's own copy.
+func (r *Rewriter) plan(sql string, path []string) (*Plan, error) {
+	tree, err := pg.Parse(sql)
+	if err != nil {
+		return nil, &ParseError{SQL: sql, Err: err}
+	}
+	p := &Plan{SQL: sql}
+	pl := &planner{r: r, path: path, version: tree.Version}
+	changed := false
+	for _, raw := range tree.Stmts {
+		text := stmtText(sql, raw)
+		if !r.fullAnalysis && !r.match.match(text) {
+			// Names no guarded table and is no PREPARE, EXECUTE or
+			// DEALLOCATE: nothing to look at.
+			p.Statements = append(p.Statements, Statement{SQL: text})
+			continue
+		}
+		st, ch, err := pl.statement(raw.Stmt, text)
+		if err != nil {
+			return nil, err
+		}
+		changed = changed || ch
+		p.Statements = append(p.Statements, st)
+	}
+	if !changed {
+		return p, nil
+	}
+	// The deparser is not perfect (pg_query v5 emits unparsable SQL for
+	// "FOR UPDATE ... SKIP LOCKED", and others have been reported): the text
+	// sent must parse back to the very tree that was rewritten. When the
+	// deparse of the whole tree does not, the statements' own texts (the
+	// original of each unchanged statement, the deparse of each changed one)
+	// are tried instead, under the same check.
+	var out string
+	if len(tree.Stmts) == 1 {
+		out = p.Statements[0].SQL // already the deparse of the whole tree
+	} else {
+		out, err = pg.Deparse(tree)
+	}
+	if err != nil || !parsesTo(out, tree) {
+		out = joinStatements(p.Statements)
+		if !parsesTo(out, tree) {
+			return nil, fmt.Errorf("rewrite: %w: the result does not parse back to the rewritten tree", ErrDeparse)
+		}
+	}
+	p.SQL = out
+	p.Changed = true
+	return p, nil
+}
+
+// parsesTo reports whether sql parses to tree (ignoring locations, which it
+// clears in tree).
+func parsesTo(sql string, tree *pg.ParseResult) bool {
+	again, err := pg.Parse(sql)
+	return err == nil && sameTree(tree, again)
+}
+
+// joinStatements joins the statements' texts. A newline ends a trailing
+// line comment before the separator.
+func joinStatements(sts []Statement) string {
+	var b strings.Builder
+	for i := range sts {
+		if i > 0 {
+			b.WriteString(";\n")
+		}
+		b.WriteString(sts[i].SQL)
+		if strings.Contains(sts[i].SQL, "--") {
+			b.WriteString("\n")
+		}
+	}
+	return b.String()
+}
+
+// sameTree reports whether two parse results are equal but for locations.
+// It clears the locations of both.
+func sameTree(a, b *pg.ParseResult) bool {
+	if len(a.Stmts) != len(b.Stmts) {
+		return false
+	}
+	clearLocations(a.ProtoReflect())
+	clearLocations(b.ProtoReflect())
+	return proto.Equal(a, b)
+}
+
+func clearLocations(m protoreflect.Message) {
+	m.Range(func(fd protoreflect.FieldDescriptor, v protoreflect.Value) bool {
+		switch {
+		case fd.Kind() == protoreflect.Int32Kind && !fd.IsList() &&
+			(fd.Name() == "location" || fd.Name() == "stmt_location" || fd.Name() == "stmt_len"):
+			m.Clear(fd)
+		case fd.Kind() != protoreflect.MessageKind || fd.IsMap():
+		case fd.IsList():
+			l := v.List()
+			for i := 0; i < l.Len(); i++ {
+				clearLocations(l.Get(i).Message())
+			}
+		default:
+			clearLocations(v.Message())
+		}
+		return true
+	})
+}
+
+// stmtText is a statement's own text in sql.
+func stmtText(sql string, raw *pg.RawStmt) string {
+	start := int(raw.StmtLocation)
+	if start < 0 || start > len(sql) {
+		start = 0
+	}
+	end := len(sql)
+	if raw.StmtLen > 0 && start+int(raw.StmtLen) <= len(sql) {
+		end = start + int(raw.StmtLen)
+	}
+	return trimStatement(sql[start:end])
+}
