@@ -155,6 +155,11 @@ func (l *loop) runPosts() {
 // socket pair and two copying goroutines, since TLS needs Go's net.Conn),
 // with whatever the startup phase had already buffered.
 func (l *loop) adopt(s *session) error {
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
+	if s.closed {
+		return errShutdown
+	}
 	cfd, err := s.detach(s.client)
 	if err != nil {
 		return fmt.Errorf("client connection: %w", err)
@@ -173,8 +178,9 @@ func (l *loop) adopt(s *session) error {
 		s.sin.append(b...)
 	}
 	s.cr, s.sr, s.cw, s.sw = nil, nil, nil, nil
+	s.lp = l
 	l.post(func() {
-		s.lp, s.cfd, s.sfd = l, cfd, sfd
+		s.cfd, s.sfd = cfd, sfd
 		l.fds[int32(cfd)] = fdRef{s: s, client: true}
 		l.fds[int32(sfd)] = fdRef{s: s}
 		s.cEvents, s.sEvents = unix.EPOLLIN|unix.EPOLLRDHUP, unix.EPOLLIN|unix.EPOLLRDHUP
@@ -364,8 +370,8 @@ func (l *loop) flush(s *session) {
 // closeSession ends a session: its descriptors leave the loop and are
 // closed, and the session's goroutine is released.
 func (l *loop) closeSession(s *session, err error) {
-	if s.lp == nil || s.cfd < 0 {
-		return
+	if ref, ok := l.fds[int32(s.cfd)]; !ok || ref.s != s {
+		return // never adopted, or already closed
 	}
 	if errors.Is(err, io.EOF) && !s.ending {
 		// The client went away without Terminate: end the server's

@@ -51,9 +51,10 @@ type session struct {
 	txStatus  byte // last ReadyForQuery status
 
 	releaseSlot func() // gives back the max_connections slot
-	closeOnce   sync.Once
 	relayDone   chan struct{} // closed by the loop when the session is gone
-	lp          *loop
+	lifeMu      sync.Mutex    // orders adoption by a loop against a forced close
+	closed      bool          // closeConns was called
+	lp          *loop         // set under lifeMu, before the loop sees the session
 	cfd, sfd    int    // the connections' descriptors as the loop owns them
 	cEvents     uint32 // epoll events awaited on cfd
 	sEvents     uint32 // epoll events awaited on sfd
@@ -100,16 +101,21 @@ func (s *session) logEnd(what string, err error) {
 
 // closeConns ends the session from outside the relay (forced shutdown).
 func (s *session) closeConns() {
-	s.closeOnce.Do(func() {
-		if s.lp != nil {
-			s.lp.post(func() { s.lp.closeSession(s, errShutdown) })
-			return
-		}
-		s.client.Close()
-		if s.server != nil {
-			s.server.Close()
-		}
-	})
+	s.lifeMu.Lock()
+	defer s.lifeMu.Unlock()
+	if s.closed {
+		return
+	}
+	s.closed = true
+	if l := s.lp; l != nil {
+		// Posted after the adoption's own post, so it finds the session.
+		l.post(func() { l.closeSession(s, errShutdown) })
+		return
+	}
+	s.client.Close()
+	if s.server != nil {
+		s.server.Close()
+	}
 }
 
 var errShutdown = errors.New("closed by shutdown")
