@@ -50,14 +50,14 @@ type session struct {
 	queue     responseQueue
 	txStatus  byte // last ReadyForQuery status
 
-	releaseSlot func() // gives back the max_connections slot
+	releaseSlot func()        // gives back the max_connections slot
 	relayDone   chan struct{} // closed by the loop when the session is gone
 	lifeMu      sync.Mutex    // orders adoption by a loop against a forced close
 	closed      bool          // closeConns was called
 	lp          *loop         // set under lifeMu, before the loop sees the session
-	cfd, sfd    int    // the connections' descriptors as the loop owns them
-	cEvents     uint32 // epoll events awaited on cfd
-	sEvents     uint32 // epoll events awaited on sfd
+	cfd, sfd    int           // the connections' descriptors as the loop owns them
+	cEvents     uint32        // epoll events awaited on cfd
+	sEvents     uint32        // epoll events awaited on sfd
 	pumps       sync.WaitGroup
 }
 
