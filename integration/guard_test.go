@@ -494,3 +494,48 @@ func TestGuardMissingTable(t *testing.T) {
 		t.Fatal("existing table not guarded")
 	}
 }
+
+// TestGuardZeroRowSideEffects: a stale statement whose zero-row run still
+// writes (a statement-level trigger, a data-modifying CTE) must leave
+// nothing behind, exactly as if PostgreSQL had raised the error itself. The
+// proxy may not send the Sync along with such a statement.
+func TestGuardZeroRowSideEffects(t *testing.T) {
+	db := newDatabase(t, addressDDL+`
+INSERT INTO address (state) VALUES ('a');
+CREATE TABLE audit (at timestamptz DEFAULT now(), what text);
+CREATE TABLE noisy (id int PRIMARY KEY, version int NOT NULL DEFAULT 1, v text);
+INSERT INTO noisy VALUES (1, 1, 'a');
+CREATE FUNCTION note_update() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN INSERT INTO audit (what) VALUES (TG_TABLE_NAME); RETURN NULL; END $$;
+CREATE TRIGGER noisy_audit AFTER UPDATE ON noisy FOR EACH STATEMENT EXECUTE FUNCTION note_update();`)
+	p := guardedProxy(t, config.Table{Name: "address"}, config.Table{Name: "noisy"})
+	ctx := context.Background()
+	audit := func(c *pgx.Conn) int {
+		var n int
+		if err := c.QueryRow(ctx, "SELECT count(*) FROM audit").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for _, mode := range execModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			c := connectMode(t, p.Addr, db, mode)
+			before := audit(c)
+			_, err := c.Exec(ctx, "UPDATE noisy SET v = 'x' WHERE id = $1 AND version = $2", 1, 99)
+			wantCode(t, err, "VL409")
+			_, err = c.Exec(ctx, "WITH a AS (INSERT INTO audit (what) VALUES ('cte') RETURNING 1) UPDATE address SET state = 'x' WHERE id = $1 AND version = $2", 1, 99)
+			wantCode(t, err, "VL409")
+			if got := audit(c); got != before {
+				t.Fatalf("a stale statement's side effects were committed: audit rows %d → %d", before, got)
+			}
+			// A successful update still fires the trigger.
+			v := version(t, c, "noisy", 1)
+			if _, err := c.Exec(ctx, "UPDATE noisy SET v = 'y' WHERE id = $1 AND version = $2", 1, v); err != nil {
+				t.Fatal(err)
+			}
+			if got := audit(c); got != before+1 {
+				t.Fatalf("audit rows after a successful update = %d, want %d", got, before+1)
+			}
+		})
+	}
+}

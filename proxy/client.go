@@ -101,7 +101,10 @@ func (s *session) onQuery(msg []byte) error {
 		}
 		return s.send(&pgproto3.Query{String: plan.SQL})
 	}
-	if len(plan.Statements) == 1 {
+	// A single statement goes as it is, unless its zero-row run could
+	// write something that the implicit transaction would commit before the
+	// stale error is raised: then it runs as a pipeline like several do.
+	if len(plan.Statements) == 1 && s.queue.quiet() && (s.txStatus == 'T' || s.txStatus == 'I' && g.quietWhenEmpty(acts[0].stmt)) {
 		a := acts[0]
 		if a.refuse {
 			s.srv.metrics.refused(a.stmt.Policy)
@@ -123,7 +126,7 @@ func (s *session) onQuery(msg []byte) error {
 		s.check(pending{kind: pendQuery, check: c})
 		return nil
 	}
-	// Several statements: run them as an extended-protocol pipeline, which
+	// Run the statements as an extended-protocol pipeline, which
 	// shares the simple query's implicit transaction and skip-on-error
 	// semantics, pausing after each checked statement. The unnamed
 	// statement and portal are used, as the simple query itself would.
@@ -252,7 +255,7 @@ func (s *session) onParse(msg []byte) error {
 	}
 	st := &plan.Statements[0]
 	if st.Policy != nil {
-		g.stmts[p.Name] = &prepared{plan: st, oids: append([]uint32(nil), p.ParameterOIDs...)}
+		g.stmts[p.Name] = &prepared{plan: st, oids: append([]uint32(nil), p.ParameterOIDs...), quietWhenEmpty: g.quietWhenEmpty(st)}
 	}
 	if !plan.Changed {
 		s.sout.append(msg...)
@@ -288,7 +291,7 @@ func (s *session) onBind(msg []byte) error {
 	if err := b.Decode(msg[5:]); err != nil {
 		return protoErrorf("Bind: %v", err)
 	}
-	bp := &boundPortal{stmt: prep.plan}
+	bp := &boundPortal{stmt: prep.plan, quietWhenEmpty: prep.quietWhenEmpty}
 	if prep.plan.Checked {
 		bp.detail = resolveDetail(prep.plan, func(n int) (string, bool) {
 			if n < 1 || n > len(b.Parameters) {
@@ -317,27 +320,51 @@ func (s *session) onBind(msg []byte) error {
 }
 
 // onExecute runs a checked portal and holds the client until its outcome is
-// known; a refused one is replaced by the refusal.
-func (s *session) onExecute(msg []byte) error {
+// known; a refused one is replaced by the refusal. rest is the client's
+// input after the Execute.
+func (s *session) onExecute(msg, rest []byte) (int, error) {
 	g := s.guard
 	portal, _, ok := cstringBytes(msg[5:])
 	if !ok {
-		return protoErrorf("Execute: missing string terminator")
+		return 0, protoErrorf("Execute: missing string terminator")
 	}
 	bp := g.portals[unsafeString(portal)]
 	switch {
 	case bp == nil || (!bp.stmt.Checked && !bp.stmt.Refuse):
 		s.queue.push(pending{kind: pendExecute})
 		s.sout.append(msg...)
-		return nil
+		return 0, nil
 	case bp.stmt.Refuse:
 		if s.queue.skipping {
-			return nil // the server would skip it
+			return 0, nil // the server would skip it
 		}
 		s.srv.metrics.refused(bp.stmt.Policy)
-		return s.raiseInPipeline("pgoptimist_raise", requiredSQL(bp.stmt.Policy, g.requiredCode))
+		return 0, s.raiseInPipeline("pgoptimist_raise", requiredSQL(bp.stmt.Policy, g.requiredCode))
 	}
 	c := &checkState{stmt: bp.stmt, detail: bp.detail}
+	if s.syncAhead(bp, rest) {
+		// The common shape, Execute then Sync with nothing else in the
+		// batch: both go at once, and a zero-row result becomes the error
+		// right after the Sync, replacing its ReadyForQuery. That saves a
+		// round trip to the server, and is exact because the Sync either
+		// ends an explicit transaction's cycle without committing, or
+		// commits an implicit transaction whose only statement changed
+		// nothing (syncAhead checks which).
+		c.then = func(out checkOutcome) error {
+			if out != outcomeStale {
+				return nil
+			}
+			s.srv.metrics.stale(c.stmt.Policy)
+			s.queue.setFlags(flagDropReady) // the Sync's entry is now the oldest
+			s.queue.push(pending{kind: pendQuery, flags: flagInternal | flagCleanErr})
+			return s.send(&pgproto3.Query{String: staleSQL(c.stmt.Policy, c.detail, g.staleCode)})
+		}
+		s.sout.append(msg...)
+		s.sout.append(rest[:5]...)
+		s.check(pending{kind: pendExecute, check: c})
+		s.queue.push(pending{kind: pendSync})
+		return 5, nil
+	}
 	c.then = func(out checkOutcome) error {
 		if out != outcomeStale {
 			return nil
@@ -347,10 +374,33 @@ func (s *session) onExecute(msg []byte) error {
 	}
 	s.sout.append(msg...)
 	if err := s.send(&pgproto3.Flush{}); err != nil {
-		return err
+		return 0, err
 	}
 	s.check(pending{kind: pendExecute, check: c})
-	return nil
+	return 0, nil
+}
+
+// syncAhead reports whether a checked Execute may go to the server together
+// with the Sync that follows it: the Sync is already here, nothing else is
+// in flight, and the Sync cannot commit anything the stale error should
+// have rolled back. Inside a transaction block a Sync commits nothing; in
+// an implicit transaction it commits only this statement, which is fine
+// when a zero-row run of it writes nothing: no data-modifying CTE, no
+// statement-level trigger or rule on the table.
+func (s *session) syncAhead(bp *boundPortal, rest []byte) bool {
+	if len(rest) < 5 || rest[0] != 'S' || rest[1] != 0 || rest[2] != 0 || rest[3] != 0 || rest[4] != 4 {
+		return false
+	}
+	if !s.queue.quiet() {
+		return false
+	}
+	switch s.txStatus {
+	case 'T':
+		return true
+	case 'I':
+		return bp.quietWhenEmpty
+	}
+	return false
 }
 
 // onClose forgets closed guarded statements and portals.

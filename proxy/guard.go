@@ -28,8 +28,9 @@ type guardRegistry struct {
 type dbGuard struct {
 	mu       sync.Mutex // held while a session discovers the catalog
 	gen      int
-	complete bool // every configured table was found
-	rw       *rewrite.Rewriter
+	complete    bool // every configured table was found
+	rw          *rewrite.Rewriter
+	sideEffects map[string]bool
 }
 
 func newGuardRegistry(log *slog.Logger, m *Metrics) *guardRegistry {
@@ -55,22 +56,41 @@ type sessionGuard struct {
 	log          *slog.Logger
 	metrics      *Metrics
 
-	stmts   map[string]*prepared
-	portals map[string]*boundPortal
-	enc     []byte // encoding buffer for messages the proxy writes
+	sideEffects map[string]bool // tables with statement-level triggers or rules
+	stmts       map[string]*prepared
+	portals     map[string]*boundPortal
 }
 
 // prepared is a guarded prepared statement (protocol or SQL level: they
 // share one namespace in PostgreSQL).
 type prepared struct {
-	plan *rewrite.Statement
-	oids []uint32 // parameter types given by the client, for decoding binary values
+	plan           *rewrite.Statement
+	oids           []uint32 // parameter types given by the client, for decoding binary values
+	quietWhenEmpty bool     // a run that affects no row writes nothing (see syncAhead)
 }
 
 // boundPortal is a portal bound to a guarded statement.
 type boundPortal struct {
-	stmt   *rewrite.Statement
-	detail staleDetail
+	stmt           *rewrite.Statement
+	detail         staleDetail
+	quietWhenEmpty bool
+}
+
+// quietWhenEmpty reports whether a run of st that affects no row writes
+// nothing at all: a plain UPDATE, DELETE or INSERT (no WITH clause that
+// could hold a data-modifying CTE) on a table without statement-level
+// triggers or rules.
+func (g *sessionGuard) quietWhenEmpty(st *rewrite.Statement) bool {
+	if st.Policy == nil || g.sideEffects[st.Policy.QualifiedName()] {
+		return false
+	}
+	sql := strings.TrimLeft(st.SQL, " \t\r\n")
+	for _, kw := range []string{"update", "delete", "insert"} {
+		if len(sql) > len(kw) && strings.EqualFold(sql[:len(kw)], kw) {
+			return true
+		}
+	}
+	return false
 }
 
 // forSession returns the guard for a session that has just authenticated,
@@ -93,16 +113,16 @@ func (g *guardRegistry) forSession(s *session) *sessionGuard {
 
 	db.mu.Lock()
 	if db.gen != gen || !db.complete {
-		rw, complete, err := g.discover(s, cfg)
+		rw, sideEffects, complete, err := g.discover(s, cfg)
 		if err != nil {
 			db.mu.Unlock()
 			g.log.Error("catalog discovery failed: this session's statements are not guarded", "database", s.database, "err", err)
 			g.metrics.discoveryErrors.Add(1)
 			return nil
 		}
-		db.rw, db.complete, db.gen = rw, complete, gen
+		db.rw, db.sideEffects, db.complete, db.gen = rw, sideEffects, complete, gen
 	}
-	rw := db.rw
+	rw, sideEffects := db.rw, db.sideEffects
 	db.mu.Unlock()
 	if rw == nil {
 		return nil
@@ -115,6 +135,7 @@ func (g *guardRegistry) forSession(s *session) *sessionGuard {
 		onParseError: cfg.Guard.OnParseError,
 		log:          g.log,
 		metrics:      g.metrics,
+		sideEffects:  sideEffects,
 		stmts:        make(map[string]*prepared),
 		portals:      make(map[string]*boundPortal),
 	}
@@ -122,16 +143,17 @@ func (g *guardRegistry) forSession(s *session) *sessionGuard {
 
 // catalogRow is what discovery learns of one configured table.
 type catalogRow struct {
-	found   bool
-	colType string // format_type of the version column; "" when it does not exist
-	pkey    []string
+	found       bool
+	colType     string // format_type of the version column; "" when it does not exist
+	pkey        []string
+	sideEffects bool // statement-level triggers or rules
 }
 
 // discover asks the server, through the session's connection and before the
 // client has sent anything, for each configured table's version column type
 // and primary key. It runs in the idle state right after authentication, so
 // it cannot disturb the client's transaction state.
-func (g *guardRegistry) discover(s *session, cfg *config.Config) (*rewrite.Rewriter, bool, error) {
+func (g *guardRegistry) discover(s *session, cfg *config.Config) (*rewrite.Rewriter, map[string]bool, bool, error) {
 	var values []string
 	for i, t := range cfg.Tables {
 		schema, table := t.SchemaTable()
@@ -141,7 +163,9 @@ func (g *guardRegistry) discover(s *session, cfg *config.Config) (*rewrite.Rewri
   coalesce((SELECT string_agg(att.attname, chr(31) ORDER BY k.n)
     FROM pg_index ix CROSS JOIN LATERAL unnest(ix.indkey::int2[]) WITH ORDINALITY AS k(attnum, n)
     JOIN pg_attribute att ON att.attrelid = ix.indrelid AND att.attnum = k.attnum
-    WHERE ix.indrelid = c.oid AND ix.indisprimary), '')
+    WHERE ix.indrelid = c.oid AND ix.indisprimary), ''),
+  coalesce(c.relhasrules OR EXISTS (SELECT FROM pg_trigger tg
+    WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal AND tg.tgtype & 1 = 0), false)
 FROM (VALUES ` + strings.Join(values, ", ") + `) AS p(i, s, t, col)
 LEFT JOIN pg_namespace n ON n.nspname = p.s
 LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.t AND c.relkind IN ('r', 'p', 'v', 'f')
@@ -149,45 +173,53 @@ LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = p.col AND NOT a.a
 ORDER BY p.i`
 	b, _ := (&pgproto3.Query{String: q}).Encode(nil)
 	if _, err := s.sw.Write(b); err != nil {
-		return nil, false, err
+		return nil, nil, false, err
 	}
 	if err := s.sw.Flush(); err != nil {
-		return nil, false, err
+		return nil, nil, false, err
 	}
 	rows := make([]catalogRow, len(cfg.Tables))
 	var qerr error
 	for {
 		msg, err := s.sr.next()
 		if err != nil {
-			return nil, false, fmt.Errorf("reading catalog: %w", err)
+			return nil, nil, false, fmt.Errorf("reading catalog: %w", err)
 		}
 		switch msg[0] {
 		case 'D':
 			var dr pgproto3.DataRow
-			if err := dr.Decode(msg[5:]); err != nil || len(dr.Values) != 4 {
-				return nil, false, errors.New("unexpected catalog row")
+			if err := dr.Decode(msg[5:]); err != nil || len(dr.Values) != 5 {
+				return nil, nil, false, errors.New("unexpected catalog row")
 			}
 			var i int
 			if _, err := fmt.Sscan(string(dr.Values[0]), &i); err != nil || i < 0 || i >= len(rows) {
-				return nil, false, errors.New("unexpected catalog row index")
+				return nil, nil, false, errors.New("unexpected catalog row index")
 			}
 			rows[i] = catalogRow{found: string(dr.Values[1]) == "t", colType: string(dr.Values[2])}
 			if k := string(dr.Values[3]); k != "" {
 				rows[i].pkey = strings.Split(k, "\x1f")
 			}
+			rows[i].sideEffects = string(dr.Values[4]) == "t"
 		case 'E':
 			var er pgproto3.ErrorResponse
 			_ = er.Decode(msg[5:])
 			qerr = fmt.Errorf("catalog query: %s (SQLSTATE %s)", er.Message, er.Code)
 		case 'Z':
 			if qerr != nil {
-				return nil, false, qerr
+				return nil, nil, false, qerr
 			}
 			policies, complete := g.policies(cfg, rows, s.database)
 			if len(policies) == 0 {
-				return nil, complete, nil
+				return nil, nil, complete, nil
 			}
-			return rewrite.New(policies, rewrite.Options{MaxSQLBytes: cfg.Limits.MaxSQLBytes}), complete, nil
+			sideEffects := make(map[string]bool)
+			for i, t := range cfg.Tables {
+				if rows[i].sideEffects {
+					schema, table := t.SchemaTable()
+					sideEffects[schema+"."+table] = true
+				}
+			}
+			return rewrite.New(policies, rewrite.Options{MaxSQLBytes: cfg.Limits.MaxSQLBytes}), sideEffects, complete, nil
 		}
 	}
 }

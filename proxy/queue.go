@@ -22,6 +22,7 @@ const (
 	flagStale                // (simple query) the checked statement matched no row
 	flagErrored              // (simple query) the server reported an error
 	flagCleanErr             // the proxy's own DO block: its error is relayed without PL/pgSQL context
+	flagDropReady            // (Sync) a stale error replaces this ReadyForQuery
 )
 
 // pending is one entry of the response queue.
@@ -98,6 +99,19 @@ func (q *responseQueue) pop() (pending, bool) {
 	q.items[q.head] = pending{}
 	q.head++
 	return p, true
+}
+
+// quiet reports whether nothing but Parse, Bind, Describe and Close is
+// pending: every earlier cycle has been answered, so the last
+// ReadyForQuery status is current, and no other statement is in the batch.
+func (q *responseQueue) quiet() bool {
+	for _, p := range q.items[q.head:] {
+		switch p.kind {
+		case pendExecute, pendSync, pendQuery:
+			return false
+		}
+	}
+	return true
 }
 
 // skipToSync drops the entries an extended-protocol error makes the server

@@ -102,8 +102,8 @@ func (s *session) processClient() {
 		if len(d) < n+1 {
 			return // the rest has not arrived
 		}
-		err := s.handleClient(d[:n+1])
-		s.cin.consume(n + 1)
+		extra, err := s.handleClient(d[:n+1], d[n+1:])
+		s.cin.consume(n + 1 + extra)
 		if err != nil {
 			var pe *protocolError
 			if errors.As(err, &pe) {
@@ -145,22 +145,23 @@ func (s *session) passClient(typ byte) bool {
 	return true
 }
 
-// handleClient handles one whole client frame that needs a look.
-func (s *session) handleClient(msg []byte) error {
+// handleClient handles one whole client frame that needs a look; rest is
+// the input after it. It returns how many bytes of rest it consumed too.
+func (s *session) handleClient(msg, rest []byte) (int, error) {
 	switch msg[0] {
 	case 'Q':
-		return s.onQuery(msg)
+		return 0, s.onQuery(msg)
 	case 'P':
-		return s.onParse(msg)
+		return 0, s.onParse(msg)
 	case 'B':
-		return s.onBind(msg)
+		return 0, s.onBind(msg)
 	case 'E':
-		return s.onExecute(msg)
+		return s.onExecute(msg, rest)
 	case 'C':
-		return s.onClose(msg)
+		return 0, s.onClose(msg)
 	}
 	s.sout.append(msg...)
-	return nil
+	return 0, nil
 }
 
 // processServer relays the server's buffered frames, keeping track of what
@@ -356,6 +357,9 @@ func (s *session) onReady(msg []byte) {
 		s.txStatus = msg[5]
 	}
 	p, ok := s.queue.pop()
+	if ok && p.flags&flagDropReady != 0 {
+		return // the stale error and its own ReadyForQuery follow
+	}
 	if ok && p.check != nil && p.kind == pendQuery {
 		if p.flags&flagStale != 0 && p.flags&flagErrored == 0 {
 			// Withheld: the stale error and the server's own
