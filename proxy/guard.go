@@ -26,8 +26,8 @@ type guardRegistry struct {
 
 // dbGuard is the guard of one database for one configuration generation.
 type dbGuard struct {
-	mu       sync.Mutex // held while a session discovers the catalog
-	gen      int
+	mu          sync.Mutex // held while a session discovers the catalog
+	gen         int
 	complete    bool // every configured table was found
 	rw          *rewrite.Rewriter
 	sideEffects map[string]bool

@@ -18,11 +18,11 @@ const (
 
 // pending flags.
 const (
-	flagInternal = 1 << iota // sent by the proxy: its completion messages are not the client's
-	flagStale                // (simple query) the checked statement matched no row
-	flagErrored              // (simple query) the server reported an error
-	flagCleanErr             // the proxy's own DO block: its error is relayed without PL/pgSQL context
-	flagDropReady            // (Sync) a stale error replaces this ReadyForQuery
+	flagInternal  = 1 << iota // sent by the proxy: its completion messages are not the client's
+	flagStale                 // (simple query) the checked statement matched no row
+	flagErrored               // (simple query) the server reported an error
+	flagCleanErr              // the proxy's own DO block: its error is relayed without PL/pgSQL context
+	flagDropReady             // (Sync) a stale error replaces this ReadyForQuery
 )
 
 // pending is one entry of the response queue.
