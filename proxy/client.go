@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"encoding/binary"
 	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -111,15 +112,8 @@ func (s *session) onQuery(msg []byte) error {
 			s.queue.push(pending{kind: pendQuery, flags: flagInternal | flagCleanErr})
 			return s.send(&pgproto3.Query{String: requiredSQL(a.stmt.Policy, g.requiredCode)})
 		}
-		c := &checkState{stmt: a.stmt, detail: a.detail}
-		c.then = func(out checkOutcome) error {
-			if out != outcomeStale {
-				return nil
-			}
-			s.srv.metrics.stale(c.stmt.Policy)
-			s.queue.push(pending{kind: pendQuery, flags: flagInternal | flagCleanErr})
-			return s.send(&pgproto3.Query{String: staleSQL(c.stmt.Policy, c.detail, g.staleCode)})
-		}
+		c := s.newCheck(checkSimple, a.stmt)
+		c.detail = a.detail
 		if err := s.send(&pgproto3.Query{String: plan.SQL}); err != nil {
 			return err
 		}
@@ -175,20 +169,8 @@ func (s *session) continuePipeline(t *translation) error {
 			s.queue.push(pending{kind: pendExecute})
 			continue
 		}
-		c := &checkState{stmt: a.stmt, detail: a.detail}
-		c.then = func(out checkOutcome) error {
-			switch out {
-			case outcomeStale:
-				s.srv.metrics.stale(c.stmt.Policy)
-				if err := s.raiseInPipeline("", staleSQL(c.stmt.Policy, c.detail, g.staleCode)); err != nil {
-					return err
-				}
-			case outcomeOK:
-				return s.continuePipeline(t)
-			}
-			s.queue.push(pending{kind: pendSync})
-			return s.send(&pgproto3.Sync{})
-		}
+		c := s.newCheck(checkPipeline, a.stmt)
+		c.detail, c.pipeline = a.detail, t
 		if err := s.send(&pgproto3.Flush{}); err != nil {
 			return err
 		}
@@ -274,7 +256,7 @@ func (s *session) onBind(msg []byte) error {
 	portal, rest, ok := cstringBytes(msg[5:])
 	var stmtName []byte
 	if ok {
-		stmtName, _, ok = cstringBytes(rest)
+		stmtName, rest, ok = cstringBytes(rest)
 	}
 	if !ok {
 		return protoErrorf("Bind: missing string terminator")
@@ -287,36 +269,61 @@ func (s *session) onBind(msg []byte) error {
 		s.sout.append(msg...)
 		return nil
 	}
-	var b pgproto3.Bind
-	if err := b.Decode(msg[5:]); err != nil {
-		return protoErrorf("Bind: %v", err)
+	if !validBind(rest) {
+		return protoErrorf("Bind: malformed parameters")
 	}
-	bp := &boundPortal{stmt: prep.plan, quietWhenEmpty: prep.quietWhenEmpty}
+	name := unsafeString(portal)
+	bp := g.portals[name]
+	if bp == nil {
+		bp = &boundPortal{}
+		g.portals[string(portal)] = bp
+	}
+	bp.stmt, bp.oids, bp.quietWhenEmpty = prep.plan, prep.oids, prep.quietWhenEmpty
 	if prep.plan.Checked {
-		bp.detail = resolveDetail(prep.plan, func(n int) (string, bool) {
-			if n < 1 || n > len(b.Parameters) {
-				return "", false
-			}
-			binaryFormat := false
-			switch len(b.ParameterFormatCodes) {
-			case 0:
-			case 1:
-				binaryFormat = b.ParameterFormatCodes[0] == 1
-			default:
-				if n <= len(b.ParameterFormatCodes) {
-					binaryFormat = b.ParameterFormatCodes[n-1] == 1
-				}
-			}
-			var oid uint32
-			if n <= len(prep.oids) {
-				oid = prep.oids[n-1]
-			}
-			return decodeParam(b.Parameters[n-1], binaryFormat, oid)
-		})
+		// Kept to describe a stale result; decoded only then.
+		bp.bind = append(bp.bind[:0], msg...)
 	}
-	g.portals[b.DestinationPortal] = bp
 	s.sout.append(msg...)
 	return nil
+}
+
+// validBind checks the structure of a Bind after its two names, without
+// decoding it: format codes, parameter values (length -1 or within the
+// message) and result formats must add up to the message exactly.
+func validBind(b []byte) bool {
+	n16 := func() (int, bool) {
+		if len(b) < 2 {
+			return 0, false
+		}
+		v := int(int16(binary.BigEndian.Uint16(b)))
+		b = b[2:]
+		return v, v >= 0
+	}
+	nf, ok := n16()
+	if !ok || len(b) < 2*nf {
+		return false
+	}
+	b = b[2*nf:]
+	np, ok := n16()
+	if !ok {
+		return false
+	}
+	for i := 0; i < np; i++ {
+		if len(b) < 4 {
+			return false
+		}
+		l := int(int32(binary.BigEndian.Uint32(b)))
+		b = b[4:]
+		if l == -1 {
+			continue
+		}
+		if l < 0 || l > len(b) {
+			return false
+		}
+		b = b[l:]
+	}
+	nr, ok := n16()
+	return ok && len(b) == 2*nr
 }
 
 // onExecute runs a checked portal and holds the client until its outcome is
@@ -341,7 +348,6 @@ func (s *session) onExecute(msg, rest []byte) (int, error) {
 		s.srv.metrics.refused(bp.stmt.Policy)
 		return 0, s.raiseInPipeline("pgoptimist_raise", requiredSQL(bp.stmt.Policy, g.requiredCode))
 	}
-	c := &checkState{stmt: bp.stmt, detail: bp.detail}
 	if s.syncAhead(bp, rest) {
 		// The common shape, Execute then Sync with nothing else in the
 		// batch: both go at once, and a zero-row result becomes the error
@@ -350,34 +356,66 @@ func (s *session) onExecute(msg, rest []byte) (int, error) {
 		// ends an explicit transaction's cycle without committing, or
 		// commits an implicit transaction whose only statement changed
 		// nothing (syncAhead checks which).
-		c.then = func(out checkOutcome) error {
-			if out != outcomeStale {
-				return nil
-			}
-			s.srv.metrics.stale(c.stmt.Policy)
-			s.queue.setFlags(flagDropReady) // the Sync's entry is now the oldest
-			s.queue.push(pending{kind: pendQuery, flags: flagInternal | flagCleanErr})
-			return s.send(&pgproto3.Query{String: staleSQL(c.stmt.Policy, c.detail, g.staleCode)})
-		}
+		c := s.newCheck(checkSyncAhead, bp.stmt)
+		c.portal = bp
 		s.sout.append(msg...)
 		s.sout.append(rest[:5]...)
 		s.check(pending{kind: pendExecute, check: c})
 		s.queue.push(pending{kind: pendSync})
 		return 5, nil
 	}
-	c.then = func(out checkOutcome) error {
-		if out != outcomeStale {
-			return nil
-		}
-		s.srv.metrics.stale(c.stmt.Policy)
-		return s.raiseInPipeline("pgoptimist_raise", staleSQL(c.stmt.Policy, c.detail, g.staleCode))
-	}
+	c := s.newCheck(checkHeld, bp.stmt)
+	c.portal = bp
 	s.sout.append(msg...)
 	if err := s.send(&pgproto3.Flush{}); err != nil {
 		return 0, err
 	}
 	s.check(pending{kind: pendExecute, check: c})
 	return 0, nil
+}
+
+// newCheck returns the session's check state, reset. One is enough: a
+// check holds the client's later frames until it is resolved.
+func (s *session) newCheck(kind checkKind, st *rewrite.Statement) *checkState {
+	s.chk = checkState{kind: kind, stmt: st}
+	return &s.chk
+}
+
+// afterCheck does what a checked statement's outcome calls for.
+func (s *session) afterCheck(c *checkState, out checkOutcome) error {
+	g := s.guard
+	if out == outcomeStale {
+		s.srv.metrics.stale(c.stmt.Policy)
+	}
+	switch c.kind {
+	case checkSimple:
+		if out == outcomeStale {
+			s.queue.push(pending{kind: pendQuery, flags: flagInternal | flagCleanErr})
+			return s.send(&pgproto3.Query{String: staleSQL(c.stmt.Policy, c.staleDetail(), g.staleCode)})
+		}
+	case checkPipeline:
+		switch out {
+		case outcomeOK:
+			return s.continuePipeline(c.pipeline)
+		case outcomeStale:
+			if err := s.raiseInPipeline("", staleSQL(c.stmt.Policy, c.staleDetail(), g.staleCode)); err != nil {
+				return err
+			}
+		}
+		s.queue.push(pending{kind: pendSync})
+		return s.send(&pgproto3.Sync{})
+	case checkSyncAhead:
+		if out == outcomeStale {
+			s.queue.setFlags(flagDropReady) // the Sync's entry is now the oldest
+			s.queue.push(pending{kind: pendQuery, flags: flagInternal | flagCleanErr})
+			return s.send(&pgproto3.Query{String: staleSQL(c.stmt.Policy, c.staleDetail(), g.staleCode)})
+		}
+	case checkHeld:
+		if out == outcomeStale {
+			return s.raiseInPipeline("pgoptimist_raise", staleSQL(c.stmt.Policy, c.staleDetail(), g.staleCode))
+		}
+	}
+	return nil
 }
 
 // syncAhead reports whether a checked Execute may go to the server together

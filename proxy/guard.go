@@ -72,8 +72,37 @@ type prepared struct {
 // boundPortal is a portal bound to a guarded statement.
 type boundPortal struct {
 	stmt           *rewrite.Statement
-	detail         staleDetail
+	oids           []uint32
 	quietWhenEmpty bool
+	bind           []byte // the Bind message, for a checked statement
+}
+
+// staleDetail decodes the expected version and key values from the Bind.
+func (bp *boundPortal) staleDetail() staleDetail {
+	var b pgproto3.Bind
+	if err := b.Decode(bp.bind[5:]); err != nil {
+		return resolveDetail(bp.stmt, func(int) (string, bool) { return "", false })
+	}
+	return resolveDetail(bp.stmt, func(n int) (string, bool) {
+		if n < 1 || n > len(b.Parameters) {
+			return "", false
+		}
+		binaryFormat := false
+		switch len(b.ParameterFormatCodes) {
+		case 0:
+		case 1:
+			binaryFormat = b.ParameterFormatCodes[0] == 1
+		default:
+			if n <= len(b.ParameterFormatCodes) {
+				binaryFormat = b.ParameterFormatCodes[n-1] == 1
+			}
+		}
+		var oid uint32
+		if n <= len(bp.oids) {
+			oid = bp.oids[n-1]
+		}
+		return decodeParam(b.Parameters[n-1], binaryFormat, oid)
+	})
 }
 
 // quietWhenEmpty reports whether a run of st that affects no row writes

@@ -32,12 +32,32 @@ type pending struct {
 	check *checkState // a checked statement: zero rows affected is a conflict
 }
 
-// checkState is a checked statement in flight: what to check, and what to
-// do once the outcome is known.
+// checkKind says how a checked statement was sent, and so what its
+// outcome calls for (session.afterCheck).
+type checkKind uint8
+
+const (
+	checkSimple    checkKind = iota // a simple Query of one statement
+	checkPipeline                   // one statement of a simple query run as a pipeline
+	checkSyncAhead                  // an Execute sent together with its Sync
+	checkHeld                       // an Execute followed by a Flush, the client held
+)
+
+// checkState is a checked statement in flight.
 type checkState struct {
-	stmt   *rewrite.Statement
-	detail staleDetail
-	then   func(checkOutcome) error
+	kind     checkKind
+	stmt     *rewrite.Statement
+	detail   staleDetail  // known values (simple query paths)
+	portal   *boundPortal // extended protocol: values from the Bind
+	pipeline *translation // checkPipeline: the statements still to send
+}
+
+// staleDetail returns the values the stale error names.
+func (c *checkState) staleDetail() staleDetail {
+	if c.portal != nil {
+		return c.portal.staleDetail()
+	}
+	return c.detail
 }
 
 type checkOutcome uint8

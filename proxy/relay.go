@@ -255,10 +255,8 @@ func (s *session) resolve(c *checkState, out checkOutcome) {
 	if s.hold == c {
 		s.hold = nil
 	}
-	if c.then != nil {
-		if err := c.then(out); err != nil {
-			s.end(err)
-		}
+	if err := s.afterCheck(c, out); err != nil {
+		s.end(err)
 	}
 }
 

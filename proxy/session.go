@@ -44,8 +44,9 @@ type session struct {
 	sPass     int    // bytes of the current server frame still to copy (or drop)
 	sDrop     bool   // the current server frame answers the proxy, not the client
 	hold      *checkState
-	ending    bool  // the session is over once the output is written
-	endErr    error // why it ended
+	chk       checkState // the one check in flight (see newCheck)
+	ending    bool       // the session is over once the output is written
+	endErr    error      // why it ended
 	guard     *sessionGuard
 	queue     responseQueue
 	txStatus  byte // last ReadyForQuery status
