@@ -22,7 +22,7 @@ type exitError struct {
 
 func (e *exitError) Error() string { return e.err.Error() }
 
-func main() {
+func newRootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "pgoptimist",
 		Short:         "Optimistic locking for PostgreSQL applications, as a wire-protocol proxy",
@@ -30,7 +30,11 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(serveCmd(), rewriteCmd(), demoCmd(), versionCmd())
-	if err := root.Execute(); err != nil {
+	return root
+}
+
+func main() {
+	if err := newRootCmd().Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "pgoptimist:", err)
 		var ee *exitError
 		if errors.As(err, &ee) {

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pgoptimist/pgoptimist/config"
+)
+
+func run(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	cmd := newRootCmd()
+	var out bytes.Buffer
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	cmd.SetArgs(args)
+	err := cmd.Execute()
+	return out.String(), err
+}
+
+func writeFile(t *testing.T, name, text string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestExampleConfigs keeps the shipped configurations valid.
+func TestExampleConfigs(t *testing.T) {
+	files, _ := filepath.Glob("../../deploy/examples/*.yaml")
+	if len(files) == 0 {
+		t.Fatal("no example configurations found")
+	}
+	for _, f := range files {
+		if _, err := config.LoadFile(f); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}
+
+func TestRewriteCommand(t *testing.T) {
+	cfg := writeFile(t, "c.yaml", "tables:\n  - name: public.address\n  - name: orders\n    type: xmin\n    mode: required\n")
+	out, err := run(t, "rewrite", "--config", cfg, "UPDATE address a SET state = 'x' WHERE a.id = 1 AND a.version = 3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"guarded table public.address", "version = a.version + 1", "checked: zero rows affected raises SQLSTATE VL409 (expected version 3)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	out, err = run(t, "rewrite", "--config", cfg, "DELETE FROM orders WHERE id = 4")
+	if err != nil || !strings.Contains(out, "refused with SQLSTATE VL428") {
+		t.Errorf("required mode: %v\n%s", err, out)
+	}
+	out, err = run(t, "rewrite", "--config", cfg, "SELECT * FROM customers")
+	if err != nil || !strings.Contains(out, "forwarded byte for byte") {
+		t.Errorf("unguarded: %v\n%s", err, out)
+	}
+}
+
+// TestBadConfigExitStatus: a bad configuration is refused with status 2
+// and a message naming the key.
+func TestBadConfigExitStatus(t *testing.T) {
+	cfg := writeFile(t, "bad.yaml", "upstream:\n  tls: sometimes\ntables:\n  - name: address\n    mode: trackd\n")
+	_, err := run(t, "serve", "--config", cfg)
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 2 {
+		t.Fatalf("err = %v, want exit status 2", err)
+	}
+	for _, want := range []string{"upstream.tls", "tables[0].mode"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not name %s: %v", want, err)
+		}
+	}
+}
+
+// TestServeSignals runs the real binary: SIGHUP with a broken file keeps
+// the old configuration, SIGTERM exits 0.
+func TestServeSignals(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "pgoptimist")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	cfgPath := writeFile(t, "c.yaml", "listen: 127.0.0.1:0\nupstream:\n  address: 127.0.0.1:1\n")
+	cmd := exec.Command(bin, "serve", "--config", cfgPath)
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	waitFor := func(s string) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if strings.Contains(logs.String(), s) {
+				return
+			}
+		}
+		t.Fatalf("log never showed %q:\n%s", s, logs.String())
+	}
+	waitFor("pgoptimist listening")
+	if err := os.WriteFile(cfgPath, []byte("listen: [not, a, string\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Process.Signal(syscall.SIGHUP)
+	waitFor("configuration reload refused")
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", err, logs.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no exit after SIGTERM")
+	}
+	if !strings.Contains(logs.String(), "stopped") {
+		t.Errorf("no orderly stop in the log:\n%s", logs.String())
+	}
+}
