@@ -14,6 +14,18 @@ type planner struct {
 	r       *Rewriter
 	path    []string
 	version int32
+	// template: the text is a literal-normalized template whose parameters
+	// stand for literals; notes show them as placeholders that
+	// instantiation replaces with the literals' values.
+	template bool
+}
+
+// show renders a value for a note.
+func (pl *planner) show(v Value) string {
+	if pl.template && v.Kind == ValueParam {
+		return noteRef(v.Param)
+	}
+	return v.String()
 }
 
 var modeNames = [...]string{ModeExplicit: "explicit", ModeTracked: "tracked", ModeRequired: "required"}
@@ -313,7 +325,7 @@ func (pl *planner) valuesKeys(st *Statement, t target, ins *pg.InsertStmt) {
 			if rt := c.GetResTarget(); rt != nil && rt.Name == k && len(rt.Indirection) == 0 {
 				if v := pl.valueOf(row.Items[i]); v.Kind == ValueLiteral || v.Kind == ValueParam {
 					st.Keys = append(st.Keys, KeyValue{Column: k, Value: v})
-					st.Notes = append(st.Notes, fmt.Sprintf("key %s = %s (from VALUES)", quoteIdent(k), v))
+					st.Notes = append(st.Notes, fmt.Sprintf("key %s = %s (from VALUES)", quoteIdent(k), pl.show(v)))
 				}
 			}
 		}
@@ -390,7 +402,7 @@ func (pl *planner) check(st *Statement, t target, where *pg.Node) {
 		if v, ok := pl.equality(c, t, t.pol.Column); ok {
 			st.Checked = true
 			st.Expected = v
-			st.Notes = append(st.Notes, fmt.Sprintf("found version predicate %s = %s", quoteIdent(t.pol.Column), v))
+			st.Notes = append(st.Notes, fmt.Sprintf("found version predicate %s = %s", quoteIdent(t.pol.Column), pl.show(v)))
 			break
 		}
 	}
@@ -398,7 +410,7 @@ func (pl *planner) check(st *Statement, t target, where *pg.Node) {
 		for _, c := range conj {
 			if v, ok := pl.equality(c, t, k); ok && (v.Kind == ValueLiteral || v.Kind == ValueParam) {
 				st.Keys = append(st.Keys, KeyValue{Column: k, Value: v})
-				st.Notes = append(st.Notes, fmt.Sprintf("key %s = %s", quoteIdent(k), v))
+				st.Notes = append(st.Notes, fmt.Sprintf("key %s = %s", quoteIdent(k), pl.show(v)))
 				break
 			}
 		}

@@ -2,6 +2,7 @@ package rewrite
 
 import (
 	"strconv"
+	"sync/atomic"
 	"testing"
 )
 
@@ -90,4 +91,91 @@ func BenchmarkPlanCachedParallel(b *testing.B) {
 			}
 		}
 	})
+}
+
+// Simple-protocol texts: the same statement with other literals each time.
+func literalUpdate(i int) string {
+	return "UPDATE address SET state = 'NC', county = 'Guilford' WHERE id = " + strconv.Itoa(i) + " AND version = 7"
+}
+
+func benchLiteralVariant(b *testing.B, direct bool) {
+	r := New(benchPolicies(), Options{})
+	r.direct = direct
+	if _, err := r.Plan(literalUpdate(-1), "public"); err != nil { // warm-up: builds the template
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		p, err := r.Plan(literalUpdate(i), "public")
+		if err != nil || !p.Changed {
+			b.Fatal(err)
+		}
+	}
+}
+
+// A guarded UPDATE with a different id literal each iteration.
+func BenchmarkPlanLiteralVariant(b *testing.B) { benchLiteralVariant(b, false) }
+
+// The same without literal normalization (each text parsed and deparsed).
+func BenchmarkPlanLiteralVariantDirect(b *testing.B) { benchLiteralVariant(b, true) }
+
+func BenchmarkPlanLiteralVariantParallel(b *testing.B) {
+	r := New(benchPolicies(), Options{})
+	if _, err := r.Plan(literalUpdate(-1), "public"); err != nil {
+		b.Fatal(err)
+	}
+	var n atomic.Int64
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := r.Plan(literalUpdate(int(n.Add(1))), "public"); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// A new shape each iteration (another column name): the first text of a
+// shape builds its template and checks it against the text's own plan.
+func benchLiteralNewShape(b *testing.B, direct bool) {
+	r := New(benchPolicies(), Options{})
+	r.direct = direct
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		sql := "UPDATE address SET c" + strconv.Itoa(i) + " = 'NC' WHERE id = 5 AND version = 7"
+		if _, err := r.Plan(sql, "public"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkPlanLiteralNewShape(b *testing.B)       { benchLiteralNewShape(b, false) }
+func BenchmarkPlanLiteralNewShapeDirect(b *testing.B) { benchLiteralNewShape(b, true) }
+
+// A SELECT on a guarded table (simple protocol, inlined id): NeedsPlan
+// lets the proxy forward it without planning.
+const selectGuarded = "SELECT version, state, county FROM address WHERE id = 48213 ORDER BY id LIMIT 1"
+
+func BenchmarkNeedsPlanSelect(b *testing.B) {
+	r := New(benchPolicies(), Options{})
+	b.SetBytes(int64(len(selectGuarded)))
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if r.NeedsPlan(selectGuarded) {
+			b.Fatal("needs a plan")
+		}
+	}
+}
+
+func BenchmarkMayTouchSelect(b *testing.B) {
+	r := New(benchPolicies(), Options{})
+	b.SetBytes(int64(len(selectGuarded)))
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		if !r.MayTouch(selectGuarded) {
+			b.Fatal("miss")
+		}
+	}
 }

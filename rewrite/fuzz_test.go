@@ -26,20 +26,68 @@ func FuzzPlan(f *testing.F) {
 		"UPDATE address SET x = 1 WHERE version = NULL AND id = true",
 		"UPDATE ADDRESS SET X=1 WHERE VERSION=B'101'",
 		"update address set x = 'it''s' where version = E'\\x'",
+		"UPDATE address SET x = -5, y = x-5, z = -5::int, w = CAST(-5 AS text) WHERE id = - 00012 AND version = 1.50",
+		"UPDATE address SET x = 'O''Brien' WHERE id = 5000000000 AND version = '7'::int; SELECT 1 ORDER BY 1",
+		"UPDATE doc SET b = 'x' WHERE id = 1 AND modified = timestamptz '2020-01-01' AND y = '1 day'::interval",
+		"BEGIN; DELETE FROM address WHERE id = 1 AND version = 2; COMMIT",
+		"EXECUTE p(1, 'a', -2.5)",
+		"SELECT version FROM address WHERE id = 48213 FOR UPDATE",
 	} {
 		f.Add(s, "public")
 	}
 	r := New(testPolicies(), Options{MaxSQLBytes: 1 << 16, CacheSize: 64})
+	direct := New(testPolicies(), Options{MaxSQLBytes: 1 << 16, CacheSize: -1})
 	full := New(testPolicies(), Options{MaxSQLBytes: 1 << 16, CacheSize: -1})
 	full.fullAnalysis = true
+	var explicitOnly []Policy
+	for _, p := range testPolicies() {
+		if p.Mode == ModeExplicit {
+			explicitOnly = append(explicitOnly, p)
+		}
+	}
+	explicit := New(explicitOnly, Options{MaxSQLBytes: 1 << 16, CacheSize: -1})
 	f.Fuzz(func(t *testing.T, sql, path string) {
 		p, err := r.Plan(sql, path)
+		// Planning through literal-normalized templates must give the
+		// text's own plan: for the text, and for variants of it that
+		// differ only in literals (the first builds the template, the
+		// second is planned from it).
+		pd, errd := direct.Plan(sql, path)
+		if (err == nil) != (errd == nil) {
+			t.Fatalf("error %v, direct error %v", err, errd)
+		}
+		if err == nil {
+			if d := planDiff(p, pd, true); d != "" {
+				t.Fatalf("plan differs from the direct plan: %s\n got  %+v\n want %+v", d, p, pd)
+			}
+		}
+		rng := rand.New(rand.NewPCG(uint64(len(sql)), uint64(len(path))))
+		if v := literalVariant(sql, rng); v != "" {
+			r.Plan(v, path)
+			v = literalVariant(sql, rng)
+			pv, errv := r.Plan(v, path)
+			pvd, errvd := direct.Plan(v, path)
+			if (errv == nil) != (errvd == nil) {
+				t.Fatalf("variant %q: error %v, direct error %v", v, errv, errvd)
+			}
+			if errv == nil {
+				if d := planDiff(pv, pvd, true); d != "" {
+					t.Fatalf("variant %q: plan differs from the direct plan: %s\n got  %+v\n want %+v", v, d, pv, pvd)
+				}
+			}
+		}
+		// NeedsPlan false: the plan leaves the text alone.
+		if !explicit.NeedsPlan(sql) {
+			if pe, err := explicit.Plan(sql, path); err == nil && (pe.Changed || pe.Guarded() || pe.SQL != sql) {
+				t.Fatalf("NeedsPlan false, but the plan is %+v", pe)
+			}
+		}
 		// The per-statement prefilter must not change any plan.
 		pf, errf := full.Plan(sql, path)
 		if (err == nil) != (errf == nil) {
 			t.Fatalf("prefiltered error %v, full analysis error %v", err, errf)
 		}
-		if err == nil && !samePlan(p, pf) {
+		if err == nil && planDiff(p, pf, false) != "" {
 			t.Fatalf("prefiltered plan %+v differs from full analysis %+v", p, pf)
 		}
 		if !r.MayTouch(sql) && errf == nil && (pf.Changed || pf.Guarded()) {
@@ -86,23 +134,6 @@ func FuzzPlan(f *testing.F) {
 			}
 		}
 	})
-}
-
-func samePlan(a, b *Plan) bool {
-	if a.SQL != b.SQL || a.Changed != b.Changed || len(a.Statements) != len(b.Statements) {
-		return false
-	}
-	for i := range a.Statements {
-		x, y := a.Statements[i], b.Statements[i]
-		if (x.Policy == nil) != (y.Policy == nil) || x.Policy != nil && x.Policy.QualifiedName() != y.Policy.QualifiedName() {
-			return false
-		}
-		if x.SQL != y.SQL || x.Kind != y.Kind || x.Checked != y.Checked ||
-			x.Incremented != y.Incremented || x.Refuse != y.Refuse || x.Expected != y.Expected {
-			return false
-		}
-	}
-	return true
 }
 
 // naiveMayTouch is the specification of MayTouch.

@@ -187,3 +187,66 @@ func (m *matcher) at(s string, i int) bool {
 	}
 	return false
 }
+
+// NeedsPlan is MayTouch with a fast path for reads: false means Plan would
+// leave the text unchanged with no guarded statement, so it can be
+// forwarded as is. It is false when MayTouch is, and also for a single
+// read-only statement (readOnly) when no policy is in tracked or required
+// mode (those need to see the SELECTs of guarded tables). It may answer true
+// for text that turns out to be unguarded. It does not allocate.
+func (r *Rewriter) NeedsPlan(sql string) bool {
+	if !r.match.match(sql) {
+		return false
+	}
+	return r.readsMatter || !readOnly(sql)
+}
+
+// readOnly reports whether s is a single statement that writes nothing:
+// after leading whitespace and comments it starts with SELECT, VALUES, TABLE
+// or SHOW; no ';' is followed by anything but more ';' (comments and
+// whitespace aside); and no keyword that writes occurs anywhere: INTO
+// (SELECT INTO creates a table), INSERT, DELETE, MERGE, or UPDATE other
+// than in a locking clause (FOR UPDATE, FOR NO KEY UPDATE). A WITH in front
+// (data-modifying CTEs) is no read.
+func readOnly(s string) bool {
+	k, a, b := nextToken(s, 0)
+	if k != tokIdent || !(keyword(s, a, b, "select") || keyword(s, a, b, "values") ||
+		keyword(s, a, b, "table") || keyword(s, a, b, "show")) {
+		return false
+	}
+	ended := false // a ';' ended the statement
+	lock := false  // the previous token was FOR or KEY: an UPDATE there locks rows
+	for i := b; ; {
+		k, a, b = nextToken(s, i)
+		if k == tokEOF {
+			return true
+		}
+		i = b
+		semi := k == tokPunct && s[a] == ';'
+		if ended && !semi {
+			return false
+		}
+		ended = ended || semi
+		wasLock := lock
+		lock = false
+		if k != tokIdent {
+			continue
+		}
+		switch b - a {
+		case 3:
+			lock = keyword(s, a, b, "for") || keyword(s, a, b, "key")
+		case 4:
+			if keyword(s, a, b, "into") {
+				return false
+			}
+		case 5:
+			if keyword(s, a, b, "merge") {
+				return false
+			}
+		case 6:
+			if keyword(s, a, b, "insert") || keyword(s, a, b, "delete") || keyword(s, a, b, "update") && !wasLock {
+				return false
+			}
+		}
+	}
+}

@@ -714,6 +714,9 @@ func TestPlanCache(t *testing.T) {
 	for _, m := range r.cache {
 		n += len(m)
 	}
+	for _, m := range r.tmpls {
+		n += len(m)
+	}
 	r.mu.RUnlock()
 	if n > 8 || n != r.n {
 		t.Errorf("cache holds %d plans (counted %d), bound 8", n, r.n)

@@ -3,6 +3,7 @@ package rewrite
 import (
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,18 +61,32 @@ type Rewriter struct {
 	// fullAnalysis turns off the per-statement prefilter (tests use it to
 	// check the prefilter against the analysis).
 	fullAnalysis bool
+	// direct turns off literal normalization: every text missing the
+	// cache is parsed and planned itself (tests compare the two paths).
+	direct bool
+	// readsMatter: some policy's mode will need to see SELECTs (tracked,
+	// required), so NeedsPlan has no fast path for them.
+	readsMatter bool
 
 	mu     sync.RWMutex
 	cache  map[string]map[string]*cacheEntry // searchPath -> SQL -> entry
-	n      int
+	tmpls  map[string]map[string]*cacheEntry // searchPath -> normalized SQL -> template
+	n      int                               // entries in cache and tmpls together
 	bytes  int
 	hits   atomic.Uint64
 	misses atomic.Uint64
+
+	// Literal-normalized planning (normalize.go).
+	tmplHits atomic.Uint64 // plans instantiated from a template
+	tmplBad  atomic.Uint64 // templates found unusable when built
+	seed     maphash.Seed
+	seen     [seenSlots]atomic.Uint64 // hashes of texts instantiated once
 }
 
 type cacheEntry struct {
 	plan *Plan
 	err  error
+	tmpl *template // in tmpls
 	size int
 }
 
@@ -94,12 +109,17 @@ func New(policies []Policy, opts Options) *Rewriter {
 		byTable:  map[string][]*Policy{},
 		opts:     opts,
 		cache:    map[string]map[string]*cacheEntry{},
+		tmpls:    map[string]map[string]*cacheEntry{},
+		seed:     maphash.MakeSeed(),
 	}
 	tables := make([]string, 0, len(policies))
 	for i, p := range policies {
 		p.Key = append([]string(nil), p.Key...)
 		r.policies[i] = p
 		tables = append(tables, p.Table)
+		if p.Mode == ModeTracked || p.Mode == ModeRequired {
+			r.readsMatter = true
+		}
 	}
 	for i := range r.policies {
 		p := &r.policies[i]
@@ -134,6 +154,14 @@ func (r *Rewriter) CacheStats() (hits, misses uint64) { return r.hits.Load(), r.
 // (searchPath, sql) and shared: callers must not modify them. A plan never
 // refers to the caller's memory (the text is copied). The error, if any, is
 // a *ParseError, or wraps ErrDeparse.
+//
+// Texts that differ only in their literals share one parse: the first is
+// planned with its literals replaced by parameters and the result is kept
+// as a template (see normalize.go); the plan of a later text is the
+// template with that text's literals put back. Its SQL, when Changed, then
+// spells the literals as the text does (the deparser may spell them
+// differently, 00012 as 12) and may bracket a negative number; it parses to
+// the same tree.
 func (r *Rewriter) Plan(sql string, searchPath string) (*Plan, error) {
 	if len(sql) > r.opts.MaxSQLBytes {
 		return nil, &ParseError{SQL: strings.Clone(sql), Err: fmt.Errorf("%w (%d > %d bytes)", ErrTooLong, len(sql), r.opts.MaxSQLBytes)}
@@ -152,7 +180,13 @@ func (r *Rewriter) Plan(sql string, searchPath string) (*Plan, error) {
 	if exceedsDepth(sql, r.opts.MaxDepth) {
 		return nil, &ParseError{SQL: sql, Err: fmt.Errorf("%w (%d)", ErrTooDeep, r.opts.MaxDepth)}
 	}
-	plan, err := r.plan(sql, parseSearchPath(searchPath))
+	path := parseSearchPath(searchPath)
+	if r.opts.CacheSize > 0 && !r.direct {
+		if plan, err, ok := r.planLiterals(sql, searchPath, path); ok {
+			return plan, err
+		}
+	}
+	plan, err := r.plan(sql, path)
 	if r.opts.CacheSize > 0 {
 		r.store(strings.Clone(searchPath), sql, &cacheEntry{plan: plan, err: err, size: entrySize(sql, plan)})
 	}
@@ -179,48 +213,55 @@ func entrySize(sql string, p *Plan) int {
 	return n
 }
 
+// store caches a plan by exact text.
 func (r *Rewriter) store(searchPath, sql string, e *cacheEntry) {
+	r.storeIn(&r.cache, searchPath, sql, e)
+}
+
+// storeIn adds e to one of the caches (cache or tmpls), which share the
+// bounds.
+func (r *Rewriter) storeIn(m *map[string]map[string]*cacheEntry, searchPath, key string, e *cacheEntry) {
 	if e.size > r.opts.CacheBytes/4 {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	inner := r.cache[searchPath]
-	if inner == nil {
-		inner = map[string]*cacheEntry{}
-		r.cache[searchPath] = inner
-	}
-	if old := inner[sql]; old != nil {
+	if old := (*m)[searchPath][key]; old != nil {
 		return // planned concurrently; keep the first
 	}
 	if r.n >= r.opts.CacheSize || r.bytes+e.size > r.opts.CacheBytes {
 		r.evictLocked(e.size)
-		if inner = r.cache[searchPath]; inner == nil {
-			inner = map[string]*cacheEntry{}
-			r.cache[searchPath] = inner
-		}
 	}
-	inner[sql] = e
+	inner := (*m)[searchPath]
+	if inner == nil {
+		inner = map[string]*cacheEntry{}
+		(*m)[searchPath] = inner
+	}
+	inner[key] = e
 	r.n++
 	r.bytes += e.size
 }
 
 // evictLocked drops about a quarter of the cache (in map order, which is
 // effectively random), and more if need be to make room for size bytes.
+// Plans cached by exact text go first: a template stands for every text of
+// its shape and costs the most to rebuild.
 func (r *Rewriter) evictLocked(size int) {
 	targetN := r.opts.CacheSize - r.opts.CacheSize/4 - 1
 	targetBytes := r.opts.CacheBytes - r.opts.CacheBytes/4 - size
-	for sp, inner := range r.cache {
-		for k, e := range inner {
-			if r.n <= targetN && r.bytes <= targetBytes {
-				return
+	for _, m := range []map[string]map[string]*cacheEntry{r.cache, r.tmpls} {
+		for sp, inner := range m {
+			for k, e := range inner {
+				if r.n <= targetN && r.bytes <= targetBytes {
+					return
+				}
+				delete(inner, k)
+				r.n--
+				r.bytes -= e.size
 			}
-			delete(inner, k)
-			r.n--
-			r.bytes -= e.size
-		}
-		if len(inner) == 0 {
-			delete(r.cache, sp)
+			if len(inner) == 0 {
+				delete(m, sp)
+			}
 		}
 	}
 }
@@ -245,30 +286,41 @@ func parseSearchPath(sp string) []string {
 
 // plan parses and rewrites; sql is the rewriter's own copy.
 func (r *Rewriter) plan(sql string, path []string) (*Plan, error) {
+	p, _, err := r.planText(sql, path, false)
+	return p, err
+}
+
+// planText is plan; it also reports which statements were rewritten.
+// template: sql is a literal-normalized template (notes show its
+// parameters as placeholders for the literals).
+func (r *Rewriter) planText(sql string, path []string, template bool) (*Plan, []bool, error) {
 	tree, err := pg.Parse(sql)
 	if err != nil {
-		return nil, &ParseError{SQL: sql, Err: err}
+		return nil, nil, &ParseError{SQL: sql, Err: err}
 	}
 	p := &Plan{SQL: sql}
-	pl := &planner{r: r, path: path, version: tree.Version}
+	pl := &planner{r: r, path: path, version: tree.Version, template: template}
 	changed := false
+	var rewritten []bool
 	for _, raw := range tree.Stmts {
 		text := stmtText(sql, raw)
 		if !r.fullAnalysis && !r.match.match(text) {
 			// Names no guarded table and is no PREPARE, EXECUTE or
 			// DEALLOCATE: nothing to look at.
 			p.Statements = append(p.Statements, Statement{SQL: text})
+			rewritten = append(rewritten, false)
 			continue
 		}
 		st, ch, err := pl.statement(raw.Stmt, text)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		changed = changed || ch
 		p.Statements = append(p.Statements, st)
+		rewritten = append(rewritten, ch)
 	}
 	if !changed {
-		return p, nil
+		return p, rewritten, nil
 	}
 	// The deparser is not perfect (pg_query v5 emits unparsable SQL for
 	// "FOR UPDATE ... SKIP LOCKED", and others have been reported): the text
@@ -285,12 +337,12 @@ func (r *Rewriter) plan(sql string, path []string) (*Plan, error) {
 	if err != nil || !parsesTo(out, tree) {
 		out = joinStatements(p.Statements)
 		if !parsesTo(out, tree) {
-			return nil, fmt.Errorf("rewrite: %w: the result does not parse back to the rewritten tree", ErrDeparse)
+			return nil, nil, fmt.Errorf("rewrite: %w: the result does not parse back to the rewritten tree", ErrDeparse)
 		}
 	}
 	p.SQL = out
 	p.Changed = true
-	return p, nil
+	return p, rewritten, nil
 }
 
 // parsesTo reports whether sql parses to tree (ignoring locations, which it
