@@ -59,7 +59,7 @@ func (s *session) onQuery(msg []byte) error {
 			clear(g.stmts) // DISCARD ALL/PLANS may drop every prepared statement
 		}
 	}
-	if s.queue.skipping || !g.rw.MayTouch(unsafeString(sql)) {
+	if s.queue.skipping || !g.rw.NeedsPlan(unsafeString(sql)) {
 		s.queue.push(pending{kind: pendQuery})
 		s.sout.append(msg...)
 		return nil
@@ -89,7 +89,7 @@ func (s *session) onQuery(msg []byte) error {
 		}
 		acts[i] = action{stmt: eff, refuse: eff.Refuse}
 		if eff.Checked {
-			acts[i].detail = resolveDetail(eff, executeArgs(st))
+			acts[i].source = st
 			acts[i].check = true
 		}
 		need = need || eff.Refuse || eff.Checked
@@ -113,7 +113,7 @@ func (s *session) onQuery(msg []byte) error {
 			return s.send(&pgproto3.Query{String: requiredSQL(a.stmt.Policy, g.requiredCode)})
 		}
 		c := s.newCheck(checkSimple, a.stmt)
-		c.detail = a.detail
+		c.source = a.source
 		if err := s.send(&pgproto3.Query{String: plan.SQL}); err != nil {
 			return err
 		}
@@ -134,7 +134,7 @@ type action struct {
 	stmt   *rewrite.Statement
 	refuse bool
 	check  bool
-	detail staleDetail
+	source *rewrite.Statement // the statement as written (an EXECUTE carries the values)
 }
 
 // translation is a multi-statement simple query being run as a pipeline.
@@ -170,7 +170,7 @@ func (s *session) continuePipeline(t *translation) error {
 			continue
 		}
 		c := s.newCheck(checkPipeline, a.stmt)
-		c.detail, c.pipeline = a.detail, t
+		c.source, c.pipeline = a.source, t
 		if err := s.send(&pgproto3.Flush{}); err != nil {
 			return err
 		}
@@ -184,7 +184,7 @@ func (s *session) continuePipeline(t *translation) error {
 // executeArgs gives a checked EXECUTE's literal arguments to resolveDetail.
 func executeArgs(st *rewrite.Statement) func(int) (string, bool) {
 	return func(n int) (string, bool) {
-		if st.Kind != rewrite.KindExecute || n < 1 || n > len(st.ExecuteArgs) || st.ExecuteArgs[n-1].Kind != rewrite.ValueLiteral {
+		if st == nil || st.Kind != rewrite.KindExecute || n < 1 || n > len(st.ExecuteArgs) || st.ExecuteArgs[n-1].Kind != rewrite.ValueLiteral {
 			return "", false
 		}
 		return st.ExecuteArgs[n-1].Literal, true
@@ -221,7 +221,7 @@ func (s *session) onParse(msg []byte) error {
 		delete(g.stmts, p.Name)
 	}
 	s.queue.push(pending{kind: pendParse})
-	if !g.rw.MayTouch(p.Query) {
+	if !g.rw.NeedsPlan(p.Query) {
 		s.sout.append(msg...)
 		return nil
 	}

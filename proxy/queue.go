@@ -47,9 +47,9 @@ const (
 type checkState struct {
 	kind     checkKind
 	stmt     *rewrite.Statement
-	detail   staleDetail  // known values (simple query paths)
-	portal   *boundPortal // extended protocol: values from the Bind
-	pipeline *translation // checkPipeline: the statements still to send
+	source   *rewrite.Statement // simple query paths: the statement as written
+	portal   *boundPortal       // extended protocol: values from the Bind
+	pipeline *translation       // checkPipeline: the statements still to send
 }
 
 // staleDetail returns the values the stale error names.
@@ -57,7 +57,7 @@ func (c *checkState) staleDetail() staleDetail {
 	if c.portal != nil {
 		return c.portal.staleDetail()
 	}
-	return c.detail
+	return resolveDetail(c.stmt, executeArgs(c.source))
 }
 
 type checkOutcome uint8
