@@ -712,6 +712,9 @@ func (r *Rewriter) planLiterals(sql, searchPath string, path []string) (plan *Pl
 	e := r.tmpls[searchPath][string(nz.key)]
 	r.mu.RUnlock()
 	if e == nil {
+		if exceedsDepth(sql, r.opts.MaxDepth) {
+			return nil, nil, false // the caller reports it
+		}
 		key := string(nz.key)
 		t := r.newTemplate(key, path, len(nz.lits))
 		// The text's own plan is the answer this time, and the check of

@@ -177,14 +177,16 @@ func (r *Rewriter) Plan(sql string, searchPath string) (*Plan, error) {
 	}
 	r.misses.Add(1)
 	sql = strings.Clone(sql)
-	if exceedsDepth(sql, r.opts.MaxDepth) {
-		return nil, &ParseError{SQL: sql, Err: fmt.Errorf("%w (%d)", ErrTooDeep, r.opts.MaxDepth)}
-	}
 	path := parseSearchPath(searchPath)
 	if r.opts.CacheSize > 0 && !r.direct {
+		// A text that fits a known template has its template's nesting;
+		// planLiterals checks the depth itself before parsing a new one.
 		if plan, err, ok := r.planLiterals(sql, searchPath, path); ok {
 			return plan, err
 		}
+	}
+	if exceedsDepth(sql, r.opts.MaxDepth) {
+		return nil, &ParseError{SQL: sql, Err: fmt.Errorf("%w (%d)", ErrTooDeep, r.opts.MaxDepth)}
 	}
 	plan, err := r.plan(sql, path)
 	if r.opts.CacheSize > 0 {
