@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -111,7 +112,13 @@ func (l *loop) post(f func()) {
 func (l *loop) run() {
 	events := make([]unix.EpollEvent, 256)
 	for {
-		n, err := unix.EpollWait(l.epfd, events, -1)
+		// Under load events are usually ready already: look without
+		// entering the scheduler's blocking-syscall path, and block only
+		// when there is nothing.
+		n, err := epollPoll(l.epfd, events)
+		if n == 0 && err == nil {
+			n, err = unix.EpollWait(l.epfd, events, -1)
+		}
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
@@ -289,9 +296,37 @@ func (l *loop) handle(ref fdRef, ev uint32) {
 	l.flush(s)
 }
 
+// epollPoll is epoll_wait with a zero timeout. It cannot block, so it goes
+// straight to the kernel (RawSyscall), as do rawRead and rawWrite on the
+// non-blocking descriptors: the runtime's syscall bookkeeping would cost
+// more than the call.
+func epollPoll(epfd int, events []unix.EpollEvent) (int, error) {
+	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+func rawRead(fd int, p []byte) (int, error) {
+	r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(r), nil
+}
+
+func rawWrite(fd int, p []byte) (int, error) {
+	r, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(r), nil
+}
+
 // readInto reads what is available from fd.
 func readInto(fd int, q *buffer) error {
-	n, err := unix.Read(fd, q.spare(16<<10))
+	n, err := rawRead(fd, q.spare(16<<10))
 	switch {
 	case n > 0:
 		q.commit(n)
@@ -307,7 +342,7 @@ func readInto(fd int, q *buffer) error {
 // writeOut writes as much of q as fd takes now.
 func writeOut(fd int, q *buffer) error {
 	for q.len() > 0 {
-		n, err := unix.Write(fd, q.data())
+		n, err := rawWrite(fd, q.data())
 		if n > 0 {
 			q.consume(n)
 		}
