@@ -64,7 +64,7 @@ func (s *session) onQuery(msg []byte) error {
 		s.sout.append(msg...)
 		return nil
 	}
-	plan, reject := g.plan(string(sql))
+	plan, reject := g.plan(unsafeString(sql)) // the rewriter copies what it keeps
 	if plan == nil {
 		if reject != "" {
 			s.queue.push(pending{kind: pendQuery, flags: flagInternal | flagCleanErr})
@@ -212,24 +212,35 @@ func (s *session) raiseInPipeline(name, sql string) error {
 // onParse rewrites a guarded statement being prepared and remembers its plan
 // under the statement's name.
 func (s *session) onParse(msg []byte) error {
-	var p pgproto3.Parse
-	if err := p.Decode(msg[5:]); err != nil {
-		return protoErrorf("Parse: %v", err)
+	// Decoded in place: most Parse messages of a guarded session are not
+	// guarded and go on as they came, without a copy.
+	name, rest, ok := cstringBytes(msg[5:])
+	var query, tail []byte
+	if ok {
+		query, tail, ok = cstringBytes(rest)
+	}
+	if !ok || len(tail) < 2 {
+		return protoErrorf("Parse: malformed message")
+	}
+	nOids := int(int16(binary.BigEndian.Uint16(tail)))
+	if nOids < 0 || len(tail) != 2+4*nOids {
+		return protoErrorf("Parse: malformed parameter types")
 	}
 	g := s.guard
-	if len(g.stmts) > 0 {
-		delete(g.stmts, p.Name)
+	prev := g.stmts[unsafeString(name)]
+	if prev != nil {
+		delete(g.stmts, unsafeString(name))
 	}
 	s.queue.push(pending{kind: pendParse})
-	if !g.rw.NeedsPlan(p.Query) {
+	if !g.rw.NeedsPlan(unsafeString(query)) {
 		s.sout.append(msg...)
 		return nil
 	}
-	plan, reject := g.plan(p.Query)
+	plan, reject := g.plan(unsafeString(query)) // the rewriter copies what it keeps
 	if plan == nil && reject != "" {
 		// Prepare the refusal in its place: executing it raises the error.
-		p.Query, p.ParameterOIDs = reject, nil
-		return s.send(&p)
+		s.appendParse(name, reject, []byte{0, 0})
+		return nil
 	}
 	if plan == nil || len(plan.Statements) != 1 {
 		s.sout.append(msg...)
@@ -237,15 +248,36 @@ func (s *session) onParse(msg []byte) error {
 	}
 	st := &plan.Statements[0]
 	if st.Policy != nil {
-		g.stmts[p.Name] = &prepared{plan: st, oids: append([]uint32(nil), p.ParameterOIDs...), quietWhenEmpty: g.quietWhenEmpty(st)}
+		e, key := prev, ""
+		if e == nil {
+			e = &prepared{}
+		}
+		if len(name) > 0 {
+			key = string(name)
+		}
+		e.plan, e.quietWhenEmpty, e.oids = st, g.quietWhenEmpty(st), e.oids[:0]
+		for i := 0; i < nOids; i++ {
+			e.oids = append(e.oids, binary.BigEndian.Uint32(tail[2+4*i:]))
+		}
+		g.stmts[key] = e
 	}
 	if !plan.Changed {
 		s.sout.append(msg...)
 		return nil
 	}
 	s.srv.metrics.rewritten.Add(1)
-	p.Query = plan.SQL
-	return s.send(&p)
+	s.appendParse(name, plan.SQL, tail)
+	return nil
+}
+
+// appendParse writes a Parse message for the server: the client's name and
+// parameter types (tail) around another statement text.
+func (s *session) appendParse(name []byte, sql string, tail []byte) {
+	n := 4 + len(name) + 1 + len(sql) + 1 + len(tail)
+	b := append(s.sout.b, 'P', byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	b = append(append(b, name...), 0)
+	b = append(append(b, sql...), 0)
+	s.sout.b = append(b, tail...)
 }
 
 // onBind notes which portals run checked statements, with the bound values

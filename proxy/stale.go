@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/pgoptimist/pgoptimist/rewrite"
 )
@@ -153,6 +154,15 @@ func raiseUsing(p *rewrite.Policy, code, message, detailExpr, hint string) strin
 // version (or that it is gone).
 func staleSQL(p *rewrite.Policy, d staleDetail, code string) string {
 	msg := fmt.Sprintf("stale record: %s was changed by another transaction", p.QualifiedName())
+	// Values from binary parameters may not be valid text; the error must
+	// still be raised, so they are shown repaired and not looked up.
+	d.expected = strings.ToValidUTF8(d.expected, "\uFFFD")
+	for _, k := range d.keys {
+		if !utf8.ValidString(k.value) {
+			d.keys = nil
+			break
+		}
+	}
 	const hint = "re-read the row and retry"
 	expected := "expected version " + d.expected
 	if len(d.keys) == 0 {
