@@ -102,28 +102,6 @@ func (fr *frameReader) next() ([]byte, error) {
 	return b, nil
 }
 
-// relayFrame copies the next frame to w without holding it whole in memory
-// when it is larger than the read buffer.
-func (fr *frameReader) relayFrame(w *bufio.Writer, n int) error {
-	total := n + 1
-	if total <= fr.r.Size() {
-		b, err := fr.ensure(total)
-		if err != nil {
-			return err
-		}
-		_, _ = fr.r.Discard(total)
-		_, err = w.Write(b)
-		return err
-	}
-	if fr.flush != nil {
-		if err := fr.flush.Flush(); err != nil {
-			return err
-		}
-	}
-	_, err := io.CopyN(w, fr.r, int64(total))
-	return err
-}
-
 // errorFields builds an ErrorResponse or NoticeResponse frame.
 func encodeError(severity, code, message, detail, hint string) []byte {
 	e := &pgproto3.ErrorResponse{
@@ -177,12 +155,4 @@ func appendMsg(dst []byte, typ byte, body ...[]byte) []byte {
 		dst = append(dst, b...)
 	}
 	return dst
-}
-
-func encode(msgs ...pgproto3.Message) []byte {
-	var b []byte
-	for _, m := range msgs {
-		b, _ = m.Encode(b)
-	}
-	return b
 }

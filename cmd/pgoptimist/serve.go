@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -183,5 +182,3 @@ func watchFile(ctx context.Context, path string, every time.Duration) <-chan str
 	}()
 	return ch
 }
-
-var errStopped = errors.New("stopped")
