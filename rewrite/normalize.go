@@ -2,6 +2,7 @@ package rewrite
 
 import (
 	"hash/maphash"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -786,14 +787,14 @@ func stmtDiff(x, y *Statement, notes bool) string {
 		return "kind, increment, check or refusal differs"
 	case x.Expected != y.Expected:
 		return "expected value differs"
-	case !equalKeys(x.Keys, y.Keys):
+	case !slices.Equal(x.Keys, y.Keys):
 		return "keys differ"
-	case !equalValues(x.ExecuteArgs, y.ExecuteArgs):
+	case !slices.Equal(x.ExecuteArgs, y.ExecuteArgs):
 		return "EXECUTE arguments differ"
 	case x.PrepareName != y.PrepareName || x.ExecuteName != y.ExecuteName ||
 		x.DeallocateName != y.DeallocateName || x.DeallocateAll != y.DeallocateAll:
 		return "names differ"
-	case notes && !equalStrings(x.Notes, y.Notes):
+	case notes && !slices.Equal(x.Notes, y.Notes):
 		return "notes differ"
 	case x.SQL != y.SQL && !sameSQL(x.SQL, y.SQL):
 		return "SQL parses to different trees"
@@ -805,42 +806,6 @@ func stmtDiff(x, y *Statement, notes bool) string {
 		}
 	}
 	return ""
-}
-
-func equalKeys(a, b []KeyValue) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-func equalValues(a, b []Value) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
-func equalStrings(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // sameSQL reports whether two texts parse to the same tree (locations
