@@ -37,6 +37,27 @@ func newGuardRegistry(log *slog.Logger, m *Metrics) *guardRegistry {
 	return &guardRegistry{log: log, metrics: m, dbs: make(map[string]*dbGuard)}
 }
 
+// planCacheStats sums the plan cache counters of the current rewriters.
+func (g *guardRegistry) planCacheStats() (hits, misses uint64) {
+	g.mu.Lock()
+	dbs := make([]*dbGuard, 0, len(g.dbs))
+	for _, db := range g.dbs {
+		dbs = append(dbs, db)
+	}
+	g.mu.Unlock()
+	for _, db := range dbs {
+		if !db.mu.TryLock() {
+			continue // discovering: no rewriter worth counting yet
+		}
+		if db.rw != nil {
+			h, m := db.rw.CacheStats()
+			hits, misses = hits+h, misses+m
+		}
+		db.mu.Unlock()
+	}
+	return hits, misses
+}
+
 func (g *guardRegistry) setConfig(cfg *config.Config) {
 	g.mu.Lock()
 	g.cfg = cfg

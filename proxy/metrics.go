@@ -25,6 +25,10 @@ type Metrics struct {
 	parseErrors     atomic.Int64
 	discoveryErrors atomic.Int64
 
+	// planCache reports the plan caches' hits and misses (set by the
+	// server: the caches belong to the per-database rewriters).
+	planCache func() (hits, misses uint64)
+
 	mu       sync.Mutex
 	stales   map[string]int64
 	refusals map[string]int64
@@ -70,6 +74,11 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 	counter("pgoptimist_statements_rewritten_total", "Prepared statements rewritten.", m.rewritten.Load())
 	counter("pgoptimist_parse_errors_total", "Statements on guarded tables that could not be parsed.", m.parseErrors.Load())
 	counter("pgoptimist_discovery_errors_total", "Failed catalog discoveries.", m.discoveryErrors.Load())
+	if m.planCache != nil {
+		hits, misses := m.planCache()
+		counter("pgoptimist_plan_cache_hits_total", "Plans found in the cache by exact statement text.", int64(hits))
+		counter("pgoptimist_plan_cache_misses_total", "Plans not found by exact text (made from a template or planned anew).", int64(misses))
+	}
 	m.mu.Lock()
 	labeled := func(name, help string, vals map[string]int64) {
 		fmt.Fprintf(cw, "# HELP %s %s\n# TYPE %s counter\n", name, help, name)

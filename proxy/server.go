@@ -47,6 +47,7 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		sessions: make(map[*session]struct{}),
 	}
 	s.guards = newGuardRegistry(log, s.metrics)
+	s.metrics.planCache = s.guards.planCacheStats
 	loops, err := newLoopSet(defaultLoops())
 	if err != nil {
 		return nil, err
