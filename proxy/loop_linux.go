@@ -73,7 +73,7 @@ type loop struct {
 	mu    sync.Mutex
 	posts []func()
 
-	fds     map[int32]fdRef
+	fds     []fdRef // by descriptor number; s == nil when not the loop's
 	scratch []func()
 	stopped bool
 }
@@ -97,7 +97,21 @@ func newLoop() (*loop, error) {
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd)}); err != nil {
 		return nil, fmt.Errorf("epoll_ctl: %w", err)
 	}
-	return &loop{epfd: epfd, wakefd: wakefd, fds: make(map[int32]fdRef)}, nil
+	return &loop{epfd: epfd, wakefd: wakefd}, nil
+}
+
+func (l *loop) ref(fd int) fdRef {
+	if fd < 0 || fd >= len(l.fds) {
+		return fdRef{}
+	}
+	return l.fds[fd]
+}
+
+func (l *loop) setRef(fd int, r fdRef) {
+	if fd >= len(l.fds) {
+		l.fds = append(l.fds, make([]fdRef, fd+1-len(l.fds)+64)...)
+	}
+	l.fds[fd] = r
 }
 
 // post runs f on the loop's goroutine.
@@ -136,8 +150,8 @@ func (l *loop) run() {
 				}
 				continue
 			}
-			ref, ok := l.fds[ev.Fd]
-			if !ok {
+			ref := l.ref(int(ev.Fd))
+			if ref.s == nil {
 				continue
 			}
 			l.handle(ref, ev.Events)
@@ -188,8 +202,8 @@ func (l *loop) adopt(s *session) error {
 	s.lp = l
 	l.post(func() {
 		s.cfd, s.sfd = cfd, sfd
-		l.fds[int32(cfd)] = fdRef{s: s, client: true}
-		l.fds[int32(sfd)] = fdRef{s: s}
+		l.setRef(cfd, fdRef{s: s, client: true})
+		l.setRef(sfd, fdRef{s: s})
 		s.cEvents, s.sEvents = unix.EPOLLIN|unix.EPOLLRDHUP, unix.EPOLLIN|unix.EPOLLRDHUP
 		err1 := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, cfd, &unix.EpollEvent{Events: s.cEvents, Fd: int32(cfd)})
 		err2 := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, sfd, &unix.EpollEvent{Events: s.sEvents, Fd: int32(sfd)})
@@ -308,8 +322,10 @@ func epollPoll(epfd int, events []unix.EpollEvent) (int, error) {
 	return int(r), nil
 }
 
+// rawRead and rawWrite use recvfrom and sendto, which on sockets skip the
+// file-position locking of read and write.
 func rawRead(fd int, p []byte) (int, error) {
-	r, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	r, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), 0, 0, 0)
 	if e != 0 {
 		return -1, e
 	}
@@ -317,7 +333,7 @@ func rawRead(fd int, p []byte) (int, error) {
 }
 
 func rawWrite(fd int, p []byte) (int, error) {
-	r, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)))
+	r, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(unsafe.SliceData(p))), uintptr(len(p)), unix.MSG_NOSIGNAL, 0, 0)
 	if e != 0 {
 		return -1, e
 	}
@@ -405,18 +421,18 @@ func (l *loop) flush(s *session) {
 // closeSession ends a session: its descriptors leave the loop and are
 // closed, and the session's goroutine is released.
 func (l *loop) closeSession(s *session, err error) {
-	if ref, ok := l.fds[int32(s.cfd)]; !ok || ref.s != s {
+	if l.ref(s.cfd).s != s {
 		return // never adopted, or already closed
 	}
 	if errors.Is(err, io.EOF) && !s.ending {
 		// The client went away without Terminate: end the server's
 		// session politely.
-		if _, ok := l.fds[int32(s.sfd)]; ok {
+		if l.ref(s.sfd).s == s {
 			_, _ = unix.Write(s.sfd, []byte{'X', 0, 0, 0, 4})
 		}
 	}
 	for _, fd := range []int{s.cfd, s.sfd} {
-		delete(l.fds, int32(fd))
+		l.setRef(fd, fdRef{})
 		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 		unix.Close(fd)
 	}
