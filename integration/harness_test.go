@@ -132,24 +132,26 @@ func dsn(addr, user, password, db string) string {
 // connect opens a pgx connection through addr, closed when the test ends.
 func connect(t testing.TB, addr, db string) *pgx.Conn {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.Connect(ctx, dsn(addr, "", "", db))
-	if err != nil {
-		t.Fatalf("connect through %s: %v", addr, err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
+	return connectWith(t, addr, db, nil)
 }
 
 // connectMode is connect with a default query exec mode.
 func connectMode(t testing.TB, addr, db string, mode pgx.QueryExecMode) *pgx.Conn {
 	t.Helper()
+	return connectWith(t, addr, db, func(cc *pgx.ConnConfig) { cc.DefaultQueryExecMode = mode })
+}
+
+// connectWith is connect after adjust has changed the connection
+// configuration (adjust may be nil).
+func connectWith(t testing.TB, addr, db string, adjust func(*pgx.ConnConfig)) *pgx.Conn {
+	t.Helper()
 	cc, err := pgx.ParseConfig(dsn(addr, "", "", db))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cc.DefaultQueryExecMode = mode
+	if adjust != nil {
+		adjust(cc)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	conn, err := pgx.ConnectConfig(ctx, cc)

@@ -51,27 +51,6 @@ func relayNoPanics(t testing.TB, p *proxyInstance) {
 	})
 }
 
-// relayConnect opens a pgx connection through addr after letting the test
-// adjust the connection configuration.
-func relayConnect(t testing.TB, addr, db string, adjust func(*pgx.ConnConfig)) *pgx.Conn {
-	t.Helper()
-	cc, err := pgx.ParseConfig(dsn(addr, "", "", db))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if adjust != nil {
-		adjust(cc)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.ConnectConfig(ctx, cc)
-	if err != nil {
-		t.Fatalf("connect through %s: %v", addr, err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
-}
-
 // relayMetric reads one unlabeled counter or gauge of the proxy.
 func relayMetric(t testing.TB, p *proxyInstance, name string) int64 {
 	t.Helper()
@@ -432,7 +411,7 @@ func TestRelayNotice(t *testing.T) {
 	ctx := relayCtx(t, 10*time.Second)
 	var mu sync.Mutex
 	var notices []pgconn.Notice
-	conn := relayConnect(t, p.Addr, "postgres", func(cc *pgx.ConnConfig) {
+	conn := connectWith(t, p.Addr, "postgres", func(cc *pgx.ConnConfig) {
 		cc.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
 			mu.Lock()
 			notices = append(notices, *n)
@@ -458,7 +437,7 @@ func TestRelayNotice(t *testing.T) {
 func TestRelayCancel(t *testing.T) {
 	t.Parallel()
 	p := relayProxy(t)
-	conn := relayConnect(t, p.Addr, "postgres", func(cc *pgx.ConnConfig) {
+	conn := connectWith(t, p.Addr, "postgres", func(cc *pgx.ConnConfig) {
 		// Cancel with a CancelRequest (through the proxy) rather than by
 		// closing the connection, pgx's default.
 		cc.BuildContextWatcherHandler = func(pc *pgconn.PgConn) ctxwatch.Handler {
@@ -599,7 +578,7 @@ func TestRelayParameterStatus(t *testing.T) {
 	t.Parallel()
 	p := relayProxy(t)
 	ctx := relayCtx(t, 10*time.Second)
-	conn := relayConnect(t, p.Addr, "postgres", func(cc *pgx.ConnConfig) {
+	conn := connectWith(t, p.Addr, "postgres", func(cc *pgx.ConnConfig) {
 		cc.RuntimeParams["application_name"] = "relay-start"
 		cc.RuntimeParams["search_path"] = "relay_schema, public"
 	})

@@ -68,17 +68,13 @@ func (s *session) wantWhole(typ byte) bool {
 // runs out of complete ones or a checked statement holds it.
 func (s *session) processClient() {
 	for !s.ending {
-		d := s.cin.data()
 		if s.cPass > 0 {
-			k := min(s.cPass, len(d))
-			if k == 0 {
+			if !copyThrough(&s.cin, &s.sout, &s.cPass, false) {
 				return
 			}
-			s.sout.append(d[:k]...)
-			s.cin.consume(k)
-			s.cPass -= k
 			continue
 		}
+		d := s.cin.data()
 		if s.hold != nil || len(d) < 5 {
 			return
 		}
@@ -117,6 +113,22 @@ func (s *session) processClient() {
 }
 
 var errProtocol = errors.New("protocol violation by the client")
+
+// copyThrough moves up to *left bytes of a frame being copied through from
+// in to out (or drops them), and reports whether there were any.
+func copyThrough(in, out *buffer, left *int, drop bool) bool {
+	d := in.data()
+	k := min(*left, len(d))
+	if k == 0 {
+		return false
+	}
+	if !drop {
+		out.append(d[:k]...)
+	}
+	in.consume(k)
+	*left -= k
+	return true
+}
 
 // passClient records what a frame copied through will be answered with.
 func (s *session) passClient(typ byte) bool {
@@ -168,19 +180,13 @@ func (s *session) handleClient(msg, rest []byte) (int, error) {
 // each one answers.
 func (s *session) processServer() {
 	for !s.ending {
-		d := s.sin.data()
 		if s.sPass > 0 {
-			k := min(s.sPass, len(d))
-			if k == 0 {
+			if !copyThrough(&s.sin, &s.cout, &s.sPass, s.sDrop) {
 				return
 			}
-			if !s.sDrop {
-				s.cout.append(d[:k]...)
-			}
-			s.sin.consume(k)
-			s.sPass -= k
 			continue
 		}
+		d := s.sin.data()
 		if len(d) < 5 {
 			return
 		}

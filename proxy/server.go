@@ -21,13 +21,11 @@ import (
 // Server accepts client connections and relays each to its own upstream
 // connection (session mode: one server connection per client connection).
 type Server struct {
-	log     *slog.Logger
-	cfg     atomic.Pointer[config.Config]
-	guards  *guardRegistry
-	metrics *Metrics
-	loops   *loopSet
-
-	clientTLS atomic.Pointer[tls.Config] // nil when tls.mode is disable
+	log      *slog.Logger
+	settings atomic.Pointer[settings]
+	guards   *guardRegistry
+	metrics  *Metrics
+	loops    *loopSet
 
 	mu       sync.Mutex
 	ln       net.Listener
@@ -71,13 +69,21 @@ func (s *Server) Reload(cfg *config.Config) error {
 		}
 		tc = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	if _, err := upstreamTLSConfig(cfg); err != nil {
+	utc, err := upstreamTLSConfig(cfg)
+	if err != nil {
 		return err
 	}
-	s.clientTLS.Store(tc)
-	s.cfg.Store(cfg)
+	s.settings.Store(&settings{cfg: cfg, clientTLS: tc, upstreamTLS: utc})
 	s.guards.setConfig(cfg)
 	return nil
+}
+
+// settings is one configuration with what is derived from it once, not
+// per connection: the TLS configurations (certificates and CA files read).
+type settings struct {
+	cfg         *config.Config
+	clientTLS   *tls.Config // nil when tls.mode is disable
+	upstreamTLS *tls.Config // nil when upstream.tls is disable
 }
 
 // Metrics returns the server's metrics.
@@ -85,9 +91,10 @@ func (s *Server) Metrics() *Metrics { return s.metrics }
 
 // Listen opens the configured listen address.
 func (s *Server) Listen() (net.Listener, error) {
-	ln, err := net.Listen("tcp", s.cfg.Load().Listen)
+	addr := s.settings.Load().cfg.Listen
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("listen %s: %w", s.cfg.Load().Listen, err)
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
 	}
 	return ln, nil
 }
@@ -125,7 +132,8 @@ func (s *Server) Serve(ln net.Listener) error {
 		if tc, ok := c.(*net.TCPConn); ok {
 			_ = tc.SetNoDelay(true)
 		}
-		sess := &session{srv: s, client: c, cfg: s.cfg.Load()}
+		set := s.settings.Load()
+		sess := &session{srv: s, client: c, set: set, cfg: set.cfg}
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()

@@ -21,11 +21,11 @@ const (
 // session is one client connection and its server connection.
 type session struct {
 	srv *Server
-	cfg *config.Config // as of the session's start
+	set *settings      // as of the session's start
+	cfg *config.Config // set.cfg
 
 	client    net.Conn
 	server    net.Conn
-	clientTLS bool
 	cancelKey string
 	user      string
 	database  string
@@ -152,7 +152,7 @@ func (s *session) start() error {
 	}
 	s.srv.activeHeld(s)
 
-	server, err := s.srv.dialUpstream(s.cfg, time.Until(deadline))
+	server, err := s.srv.dialUpstream(s.set, time.Until(deadline))
 	if err != nil {
 		s.srv.metrics.upstreamErrors.Add(1)
 		_ = writeFatal(s.client, "08006", fmt.Sprintf("pgoptimist: upstream %s unreachable: %v", s.cfg.Upstream.Address, err))

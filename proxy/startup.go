@@ -71,7 +71,7 @@ func (s *session) negotiateClient() (startup []byte, cancel bool, err error) {
 		code := binary.BigEndian.Uint32(pkt[4:8])
 		switch {
 		case code == codeSSLRequest && len(pkt) == 8:
-			tc := s.srv.clientTLS.Load()
+			tc := s.set.clientTLS
 			if tlsDone || tc == nil {
 				if _, err := s.client.Write([]byte{'N'}); err != nil {
 					return nil, false, err
@@ -87,7 +87,6 @@ func (s *session) negotiateClient() (startup []byte, cancel bool, err error) {
 			}
 			s.client = tconn
 			tlsDone = true
-			s.clientTLS = true
 		case code == codeGSSENCRequest && len(pkt) == 8:
 			if _, err := s.client.Write([]byte{'N'}); err != nil {
 				return nil, false, err
@@ -116,7 +115,7 @@ func (srv *Server) forwardCancel(s *session, pkt []byte) {
 		srv.log.Debug("cancel request with an unknown key ignored")
 		return
 	}
-	conn, err := srv.dialUpstream(s.cfg, s.cfg.Limits.StartupTimeout)
+	conn, err := srv.dialUpstream(s.set, s.cfg.Limits.StartupTimeout)
 	if err != nil {
 		srv.log.Warn("forwarding cancel request", "err", err)
 		return
@@ -204,7 +203,8 @@ func verifyChain(raw [][]byte, roots *x509.CertPool) error {
 }
 
 // dialUpstream connects to the server and negotiates TLS per upstream.tls.
-func (srv *Server) dialUpstream(cfg *config.Config, timeout time.Duration) (net.Conn, error) {
+func (srv *Server) dialUpstream(set *settings, timeout time.Duration) (net.Conn, error) {
+	cfg := set.cfg
 	network, addr := upstreamNet(cfg.Upstream.Address)
 	conn, err := net.DialTimeout(network, addr, timeout)
 	if err != nil {
@@ -213,12 +213,9 @@ func (srv *Server) dialUpstream(cfg *config.Config, timeout time.Duration) (net.
 	if tc, ok := conn.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
 	}
-	tc, err := upstreamTLSConfig(cfg)
-	if err != nil || tc == nil || network == "unix" {
-		if err != nil {
-			conn.Close()
-		}
-		return conn, err
+	tc := set.upstreamTLS
+	if tc == nil || network == "unix" {
+		return conn, nil
 	}
 	_ = conn.SetDeadline(time.Now().Add(timeout))
 	req := binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint32(nil, 8), codeSSLRequest)

@@ -243,20 +243,35 @@ func guardedNote(p *Policy) string {
 	return fmt.Sprintf("guarded table %s (mode %s)", p.QualifiedName(), p.Mode)
 }
 
+// guardedTarget resolves the target table of an UPDATE, DELETE or upsert
+// and, when its policy guards that kind of statement, marks st as such.
+func (pl *planner) guardedTarget(st *Statement, rv *pg.RangeVar, kind Kind) (target, bool) {
+	pol := pl.resolve(rv)
+	if pol == nil {
+		return target{}, false
+	}
+	guarded, what, stmt := pol.Update, "UPDATE of", "update"
+	switch kind {
+	case KindDelete:
+		guarded, what, stmt = pol.Delete, "DELETE from", "delete"
+	case KindUpsert:
+		what = "ON CONFLICT DO UPDATE of"
+	}
+	if !guarded {
+		st.Notes = append(st.Notes, fmt.Sprintf("%s %s is not guarded (statements: %s not configured)", what, pol.QualifiedName(), stmt))
+		return target{}, false
+	}
+	st.Kind, st.Policy = kind, pol
+	st.Notes = append(st.Notes, guardedNote(pol))
+	return target{pol: pol, rv: rv}, true
+}
+
 // update plans a top-level UPDATE.
 func (pl *planner) update(st *Statement, u *pg.UpdateStmt) bool {
-	pol := pl.resolve(u.Relation)
-	if pol == nil {
+	t, ok := pl.guardedTarget(st, u.Relation, KindUpdate)
+	if !ok {
 		return false
 	}
-	if !pol.Update {
-		st.Notes = append(st.Notes, fmt.Sprintf("UPDATE of %s is not guarded (statements: update not configured)", pol.QualifiedName()))
-		return false
-	}
-	t := target{pol: pol, rv: u.Relation}
-	st.Kind = KindUpdate
-	st.Policy = pol
-	st.Notes = append(st.Notes, guardedNote(pol))
 	qualify := t.rv.Alias != nil || len(u.FromClause) > 0
 	changed := pl.increment(st, t, &u.TargetList, qualify)
 	pl.check(st, t, u.WhereClause)
@@ -265,18 +280,10 @@ func (pl *planner) update(st *Statement, u *pg.UpdateStmt) bool {
 
 // delete plans a top-level DELETE.
 func (pl *planner) delete(st *Statement, d *pg.DeleteStmt) {
-	pol := pl.resolve(d.Relation)
-	if pol == nil {
+	t, ok := pl.guardedTarget(st, d.Relation, KindDelete)
+	if !ok {
 		return
 	}
-	if !pol.Delete {
-		st.Notes = append(st.Notes, fmt.Sprintf("DELETE from %s is not guarded (statements: delete not configured)", pol.QualifiedName()))
-		return
-	}
-	t := target{pol: pol, rv: d.Relation}
-	st.Kind = KindDelete
-	st.Policy = pol
-	st.Notes = append(st.Notes, guardedNote(pol))
 	pl.check(st, t, d.WhereClause)
 }
 
@@ -286,18 +293,10 @@ func (pl *planner) upsert(st *Statement, ins *pg.InsertStmt) bool {
 	if oc == nil || oc.Action != pg.OnConflictAction_ONCONFLICT_UPDATE {
 		return false
 	}
-	pol := pl.resolve(ins.Relation)
-	if pol == nil {
+	t, ok := pl.guardedTarget(st, ins.Relation, KindUpsert)
+	if !ok {
 		return false
 	}
-	if !pol.Update {
-		st.Notes = append(st.Notes, fmt.Sprintf("ON CONFLICT DO UPDATE of %s is not guarded (statements: update not configured)", pol.QualifiedName()))
-		return false
-	}
-	t := target{pol: pol, rv: ins.Relation}
-	st.Kind = KindUpsert
-	st.Policy = pol
-	st.Notes = append(st.Notes, guardedNote(pol))
 	// In the DO UPDATE arm both the existing row and EXCLUDED are in scope:
 	// the increment must name the existing row (never EXCLUDED).
 	changed := pl.increment(st, t, &oc.TargetList, true)
