@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"time"
 )
 
 // The relay phase. The event loop feeds bytes in (clientData, serverData)
@@ -24,7 +25,15 @@ func (s *session) relay() error {
 		return err
 	}
 	<-s.relayDone
+	// TLS bridges end when their peers close; one that stays silent is
+	// closed after a moment, so its pumping goroutines cannot outlive the
+	// session.
+	stuck := time.AfterFunc(time.Second, func() {
+		s.client.Close()
+		s.server.Close()
+	})
 	s.pumps.Wait()
+	stuck.Stop()
 	if errors.Is(s.endErr, errClientTerminated) || errors.Is(s.endErr, io.EOF) || errors.Is(s.endErr, errShutdown) {
 		return nil
 	}
