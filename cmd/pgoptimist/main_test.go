@@ -1,15 +1,24 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
+	"context"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgoptimist/pgoptimist/config"
 )
@@ -90,10 +99,7 @@ func TestServeSignals(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "pgoptimist")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 	cfgPath := writeFile(t, "c.yaml", "listen: 127.0.0.1:0\nupstream:\n  address: 127.0.0.1:1\n")
 	cmd := exec.Command(bin, "serve", "--config", cfgPath)
 	var logs bytes.Buffer
@@ -130,5 +136,100 @@ func TestServeSignals(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "stopped") {
 		t.Errorf("no orderly stop in the log:\n%s", logs.String())
+	}
+}
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+// buildBinary builds the command once for the tests that run it.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "pgoptimist-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "pgoptimist")
+		if out, err := exec.Command("go", "build", "-o", builtBin, ".").CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtBin
+}
+
+// TestDemo runs `pgoptimist demo` (what make run runs): the reference
+// scenario works through the address it prints, and Ctrl-C stops the
+// proxy and the throwaway server.
+func TestDemo(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and starts PostgreSQL")
+	}
+	bin := buildBinary(t)
+	cmd := exec.Command(bin, "demo", "--config", "../../deploy/examples/demo.yaml", "--listen", "127.0.0.1:0")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	addrs := make(chan [2]string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			// "pgoptimist is ready: PostgreSQL at A, the proxy at B guarding ..."
+			if m := regexp.MustCompile(`PostgreSQL at (\S+), the proxy at (\S+) `).FindStringSubmatch(sc.Text()); m != nil {
+				addrs <- [2]string{m[1], m[2]}
+			}
+		}
+	}()
+	var pgAddr, proxyAddr string
+	select {
+	case a := <-addrs:
+		pgAddr, proxyAddr = a[0], a[1]
+	case <-time.After(60 * time.Second):
+		t.Fatalf("demo never became ready:\n%s", logs.String())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, "postgres://postgres@"+proxyAddr+"/postgres?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tag, err := conn.Exec(ctx, "UPDATE address SET state='NC', county='Guilford' WHERE id=1 AND version=1"); err != nil || tag.RowsAffected() != 1 {
+		t.Fatalf("first update: %v %v", tag, err)
+	}
+	_, err = conn.Exec(ctx, "UPDATE address SET county='Miami-Dade' WHERE id=1 AND version=1")
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "VL409" {
+		t.Fatalf("second update: %v, want VL409", err)
+	}
+	conn.Close(ctx)
+
+	_ = cmd.Process.Signal(os.Interrupt)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("demo exit: %v\n%s", err, logs.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("demo did not stop on Ctrl-C")
+	}
+	if c, err := net.DialTimeout("tcp", pgAddr, time.Second); err == nil {
+		c.Close()
+		t.Fatalf("the throwaway PostgreSQL at %s still accepts connections", pgAddr)
 	}
 }

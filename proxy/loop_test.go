@@ -1,0 +1,81 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"io"
+	"log/slog"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgoptimist/pgoptimist/config"
+)
+
+// loopSession runs a session on ls over in-memory connections (bridged to
+// the loop like TLS ones) and returns the test's ends of them and the
+// relay's result.
+func loopSession(t *testing.T, srv *Server, guard *sessionGuard) (client, server net.Conn, done <-chan error) {
+	t.Helper()
+	c1, c2 := net.Pipe()
+	s1, s2 := net.Pipe()
+	cfg := config.Defaults()
+	s := &session{srv: srv, cfg: &cfg, client: c1, server: s1, guard: guard, txStatus: 'I'}
+	s.cr = &frameReader{r: bufio.NewReader(c1)}
+	s.sr = &frameReader{r: bufio.NewReader(s1)}
+	ch := make(chan error, 1)
+	go func() { ch <- s.relay() }()
+	t.Cleanup(func() { c2.Close(); s2.Close() })
+	return c2, s2, ch
+}
+
+// TestLoopRecoversSessionPanic: a panic while handling one session's bytes
+// ends that session only; another session on the same loop goes on.
+func TestLoopRecoversSessionPanic(t *testing.T) {
+	ls, err := newLoopSet(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ls.stop()
+	srv := &Server{log: slog.New(slog.NewTextHandler(io.Discard, nil)), metrics: newMetrics(), loops: ls}
+
+	healthyClient, healthyServer, healthyDone := loopSession(t, srv, nil)
+	// A guard without a rewriter: the first Query dereferences nil.
+	brokenClient, _, brokenDone := loopSession(t, srv, &sessionGuard{})
+
+	query := frames(&pgproto3.Query{String: "SELECT 1"})
+	go func() { _, _ = brokenClient.Write(query) }()
+	select {
+	case err := <-brokenDone:
+		if err == nil || !bytes.Contains([]byte(err.Error()), []byte("panic")) {
+			t.Fatalf("broken session ended with %v, want the recovered panic", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the panicking session did not end")
+	}
+	if n := srv.metrics.panics.Load(); n != 1 {
+		t.Fatalf("panics metric = %d, want 1", n)
+	}
+
+	// The other session still relays both ways.
+	go func() { _, _ = healthyClient.Write(query) }()
+	got := make([]byte, len(query))
+	_ = healthyServer.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(healthyServer, got); err != nil || !bytes.Equal(got, query) {
+		t.Fatalf("server side got %q, %v; want %q", got, err, query)
+	}
+	reply := frames(&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+	go func() { _, _ = healthyServer.Write(reply) }()
+	got = make([]byte, len(reply))
+	_ = healthyClient.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(healthyClient, got); err != nil || !bytes.Equal(got, reply) {
+		t.Fatalf("client side got %q, %v; want %q", got, err, reply)
+	}
+	healthyClient.Close()
+	select {
+	case <-healthyDone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("session did not end after its client closed")
+	}
+}
