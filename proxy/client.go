@@ -105,7 +105,7 @@ func (s *session) onQuery(msg []byte) error {
 	// A single statement goes as it is, unless its zero-row run could
 	// write something that the implicit transaction would commit before the
 	// stale error is raised: then it runs as a pipeline like several do.
-	if len(plan.Statements) == 1 && s.queue.quiet() && (s.txStatus == 'T' || s.txStatus == 'I' && g.quietWhenEmpty(acts[0].stmt)) {
+	if len(plan.Statements) == 1 && s.emptyRunCommitsNothing(g.quietWhenEmpty(acts[0].stmt)) {
 		a := acts[0]
 		if a.refuse {
 			s.srv.metrics.refused(a.stmt.Policy)
@@ -461,16 +461,20 @@ func (s *session) syncAhead(bp *boundPortal, rest []byte) bool {
 	if len(rest) < 5 || rest[0] != 'S' || rest[1] != 0 || rest[2] != 0 || rest[3] != 0 || rest[4] != 4 {
 		return false
 	}
+	return s.emptyRunCommitsNothing(bp.quietWhenEmpty)
+}
+
+// emptyRunCommitsNothing reports whether the end of the current cycle (the
+// simple query's own end, or a Sync) would commit nothing that a stale error
+// raised after it should have rolled back: nothing else is in flight (so
+// the last ReadyForQuery status is current), and either a transaction block
+// is open (the cycle's end commits nothing) or the implicit transaction
+// holds only a statement whose zero-row run writes nothing (quietWhenEmpty).
+func (s *session) emptyRunCommitsNothing(quietWhenEmpty bool) bool {
 	if !s.queue.quiet() {
 		return false
 	}
-	switch s.txStatus {
-	case 'T':
-		return true
-	case 'I':
-		return bp.quietWhenEmpty
-	}
-	return false
+	return s.txStatus == 'T' || s.txStatus == 'I' && quietWhenEmpty
 }
 
 // onClose forgets closed guarded statements and portals.
