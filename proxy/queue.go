@@ -1,7 +1,5 @@
 package proxy
 
-import "github.com/pgoptimist/pgoptimist/rewrite"
-
 // pendingKind is a request whose response the server has yet to send.
 type pendingKind uint8
 
@@ -31,42 +29,6 @@ type pending struct {
 	flags uint8
 	check *checkState // a checked statement: zero rows affected is a conflict
 }
-
-// checkKind says how a checked statement was sent, and so what its
-// outcome calls for (session.afterCheck).
-type checkKind uint8
-
-const (
-	checkSimple    checkKind = iota // a simple Query of one statement
-	checkPipeline                   // one statement of a simple query run as a pipeline
-	checkSyncAhead                  // an Execute sent together with its Sync
-	checkHeld                       // an Execute followed by a Flush, the client held
-)
-
-// checkState is a checked statement in flight.
-type checkState struct {
-	kind     checkKind
-	stmt     *rewrite.Statement
-	source   *rewrite.Statement // simple query paths: the statement as written
-	portal   *boundPortal       // extended protocol: values from the Bind
-	pipeline *translation       // checkPipeline: the statements still to send
-}
-
-// staleDetail returns the values the stale error names.
-func (c *checkState) staleDetail() staleDetail {
-	if c.portal != nil {
-		return c.portal.staleDetail()
-	}
-	return resolveDetail(c.stmt, executeArgs(c.source))
-}
-
-type checkOutcome uint8
-
-const (
-	outcomeOK      checkOutcome = iota // rows affected, or an error the client sees anyway
-	outcomeStale                       // zero rows: raise the stale error
-	outcomeSkipped                     // never ran: an earlier error made the server skip to Sync
-)
 
 // responseQueue records, in order, what the server owes the client, so the
 // relay knows which response answers which request. Only the session's

@@ -13,6 +13,10 @@ import (
 	"github.com/pgoptimist/pgoptimist/config"
 )
 
+// The session: one client connection and its server connection, from
+// accept (Server.Serve) through startup (startup.go) to the relay, which an
+// event loop drives (loop_linux.go, framing.go), and its end.
+
 const (
 	readBufSize  = 32 << 10
 	writeBufSize = 32 << 10
@@ -194,4 +198,41 @@ func (s *session) start() error {
 // activeHeld arranges for the session's connection slot to be released.
 func (srv *Server) activeHeld(s *session) {
 	s.releaseSlot = func() { srv.active.Add(-1) }
+}
+
+var errClientTerminated = errors.New("client sent Terminate")
+
+// relay hands the session to an event loop and waits until it ends.
+func (s *session) relay() error {
+	s.relayDone = make(chan struct{})
+	if err := s.srv.loops.next().adopt(s); err != nil {
+		return err
+	}
+	<-s.relayDone
+	// TLS bridges end when their peers close; one that stays silent is
+	// closed after a moment, so its pumping goroutines cannot outlive the
+	// session.
+	stuck := time.AfterFunc(time.Second, func() {
+		s.client.Close()
+		s.server.Close()
+	})
+	s.pumps.Wait()
+	stuck.Stop()
+	if errors.Is(s.endErr, errClientTerminated) || errors.Is(s.endErr, io.EOF) || errors.Is(s.endErr, errShutdown) {
+		return nil
+	}
+	return s.endErr
+}
+
+// fatal queues a FATAL error for the client and ends the session once it is
+// written.
+func (s *session) fatal(code, msg string, cause error) {
+	s.cout.append(encodeError("FATAL", code, msg, "", "")...)
+	s.end(cause)
+}
+
+func (s *session) end(err error) {
+	if !s.ending {
+		s.ending, s.endErr = true, err
+	}
 }

@@ -337,5 +337,5 @@ func stripChannelBinding(msg []byte) []byte {
 		body = append(append(body, m...), 0)
 	}
 	body = append(body, 0)
-	return appendMsg(nil, 'R', body)
+	return appendFrame(nil, byte(msgAuthentication), body)
 }

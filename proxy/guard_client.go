@@ -406,50 +406,6 @@ func (s *session) onExecute(msg, rest []byte) (int, error) {
 	return 0, nil
 }
 
-// newCheck returns the session's check state, reset. One is enough: a
-// check holds the client's later frames until it is resolved.
-func (s *session) newCheck(kind checkKind, st *rewrite.Statement) *checkState {
-	s.chk = checkState{kind: kind, stmt: st}
-	return &s.chk
-}
-
-// afterCheck does what a checked statement's outcome calls for.
-func (s *session) afterCheck(c *checkState, out checkOutcome) error {
-	g := s.guard
-	if out == outcomeStale {
-		s.srv.metrics.stale(c.stmt.Policy)
-	}
-	switch c.kind {
-	case checkSimple:
-		if out == outcomeStale {
-			s.queue.push(pending{kind: pendQuery, flags: flagInternal | flagCleanErr})
-			return s.send(&pgproto3.Query{String: staleSQL(c.stmt.Policy, c.staleDetail(), g.staleCode)})
-		}
-	case checkPipeline:
-		switch out {
-		case outcomeOK:
-			return s.continuePipeline(c.pipeline)
-		case outcomeStale:
-			if err := s.raiseInPipeline("", staleSQL(c.stmt.Policy, c.staleDetail(), g.staleCode)); err != nil {
-				return err
-			}
-		}
-		s.queue.push(pending{kind: pendSync})
-		return s.send(&pgproto3.Sync{})
-	case checkSyncAhead:
-		if out == outcomeStale {
-			s.queue.setFlags(flagDropReady) // the Sync's entry is now the oldest
-			s.queue.push(pending{kind: pendQuery, flags: flagInternal | flagCleanErr})
-			return s.send(&pgproto3.Query{String: staleSQL(c.stmt.Policy, c.staleDetail(), g.staleCode)})
-		}
-	case checkHeld:
-		if out == outcomeStale {
-			return s.raiseInPipeline("pgoptimist_raise", staleSQL(c.stmt.Policy, c.staleDetail(), g.staleCode))
-		}
-	}
-	return nil
-}
-
 // syncAhead reports whether a checked Execute may go to the server together
 // with the Sync that follows it: the Sync is already here, nothing else is
 // in flight, and the Sync cannot commit anything the stale error should

@@ -1,0 +1,172 @@
+package proxy
+
+import (
+	"encoding/binary"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// Handlers of the server frames the guard needs to see: the end of a
+// checked statement's execution (CommandComplete), errors, and
+// ReadyForQuery. A checked statement's outcome (check.go) decides what the
+// client gets and what the proxy sends next (afterCheck).
+
+// onCommandComplete handles the end of one statement's execution. For a
+// checked statement, zero rows affected is withheld from the client.
+func (s *session) onCommandComplete(msg []byte) {
+	p, _ := s.queue.peek()
+	if p.kind == pendExecute {
+		s.queue.pop()
+	}
+	if p.check == nil || (p.kind == pendQuery && msg[0] != 'C') {
+		s.cout.append(msg...)
+		return
+	}
+	if msg[0] != 'C' || rowsAffected(msg) != 0 {
+		s.cout.append(msg...)
+		if p.kind == pendExecute {
+			s.resolve(p.check, outcomeOK)
+		}
+		return
+	}
+	if p.kind == pendExecute {
+		s.resolve(p.check, outcomeStale)
+	} else {
+		s.queue.setFlags(flagStale) // a simple query: reported at ReadyForQuery
+	}
+}
+
+// rowsAffected reads the row count at the end of a CommandComplete tag
+// ("UPDATE 3", "DELETE 0", "INSERT 0 1"); -1 when there is none.
+func rowsAffected(msg []byte) int64 {
+	tag := msg[5:]
+	if len(tag) > 0 && tag[len(tag)-1] == 0 {
+		tag = tag[:len(tag)-1]
+	}
+	i := len(tag)
+	for i > 0 && tag[i-1] >= '0' && tag[i-1] <= '9' {
+		i--
+	}
+	if i == len(tag) || i == 0 || tag[i-1] != ' ' {
+		return -1
+	}
+	var v int64
+	for _, c := range tag[i:] {
+		v = v*10 + int64(c-'0')
+	}
+	return v
+}
+
+// onError relays an ErrorResponse. After an extended-protocol error the
+// server skips to the next Sync: the requests it will not answer leave the
+// queue, and checked statements among them never ran.
+func (s *session) onError(msg []byte) {
+	p, ok := s.queue.peek()
+	if ok && p.flags&flagCleanErr != 0 {
+		msg = cleanError(msg)
+	}
+	s.cout.append(msg...)
+	switch {
+	case !ok:
+	case p.kind == pendQuery:
+		s.queue.setFlags(flagErrored)
+	default:
+		for _, c := range s.queue.skipToSync() {
+			s.resolve(c, outcomeSkipped)
+		}
+	}
+}
+
+// cleanError drops the fields of an error raised by the proxy's own DO
+// block that describe the block rather than the client's statement
+// (PL/pgSQL context, source file, line and routine).
+func cleanError(msg []byte) []byte {
+	out := []byte{'E', 0, 0, 0, 0}
+	b := msg[5:]
+	for len(b) > 1 {
+		f := b[0]
+		v, rest, ok := cstringBytes(b[1:])
+		if !ok {
+			return msg
+		}
+		if f != 'W' && f != 'F' && f != 'L' && f != 'R' {
+			out = append(out, f)
+			out = append(append(out, v...), 0)
+		}
+		b = rest
+	}
+	out = append(out, 0)
+	binary.BigEndian.PutUint32(out[1:5], uint32(len(out)-1))
+	return out
+}
+
+// onReady handles ReadyForQuery: the end of a simple query or a Sync.
+func (s *session) onReady(msg []byte) {
+	if len(msg) == 6 {
+		s.txStatus = msg[5]
+	}
+	p, ok := s.queue.pop()
+	if ok && p.flags&flagDropReady != 0 {
+		return // the stale error and its own ReadyForQuery follow
+	}
+	if ok && p.check != nil && p.kind == pendQuery {
+		if p.flags&flagStale != 0 && p.flags&flagErrored == 0 {
+			// Withheld: the stale error and the server's own
+			// ReadyForQuery follow.
+			s.resolve(p.check, outcomeStale)
+			return
+		}
+		s.cout.append(msg...)
+		s.resolve(p.check, outcomeOK)
+		return
+	}
+	s.cout.append(msg...)
+}
+
+// resolve delivers a checked statement's outcome and lets the client's held
+// messages go on.
+func (s *session) resolve(c *checkState, out checkOutcome) {
+	if s.hold == c {
+		s.hold = nil
+	}
+	if err := s.afterCheck(c, out); err != nil {
+		s.end(err)
+	}
+}
+
+// afterCheck does what a checked statement's outcome calls for.
+func (s *session) afterCheck(c *checkState, out checkOutcome) error {
+	g := s.guard
+	if out == outcomeStale {
+		s.srv.metrics.stale(c.stmt.Policy)
+	}
+	switch c.kind {
+	case checkSimple:
+		if out == outcomeStale {
+			s.queue.push(pending{kind: pendQuery, flags: flagInternal | flagCleanErr})
+			return s.send(&pgproto3.Query{String: staleSQL(c.stmt.Policy, c.staleDetail(), g.staleCode)})
+		}
+	case checkPipeline:
+		switch out {
+		case outcomeOK:
+			return s.continuePipeline(c.pipeline)
+		case outcomeStale:
+			if err := s.raiseInPipeline("", staleSQL(c.stmt.Policy, c.staleDetail(), g.staleCode)); err != nil {
+				return err
+			}
+		}
+		s.queue.push(pending{kind: pendSync})
+		return s.send(&pgproto3.Sync{})
+	case checkSyncAhead:
+		if out == outcomeStale {
+			s.queue.setFlags(flagDropReady) // the Sync's entry is now the oldest
+			s.queue.push(pending{kind: pendQuery, flags: flagInternal | flagCleanErr})
+			return s.send(&pgproto3.Query{String: staleSQL(c.stmt.Policy, c.staleDetail(), g.staleCode)})
+		}
+	case checkHeld:
+		if out == outcomeStale {
+			return s.raiseInPipeline("pgoptimist_raise", staleSQL(c.stmt.Policy, c.staleDetail(), g.staleCode))
+		}
+	}
+	return nil
+}
