@@ -58,10 +58,10 @@ ORDER BY p.i`
 		if err != nil {
 			return nil, nil, false, fmt.Errorf("reading catalog: %w", err)
 		}
-		switch msg[0] {
-		case 'D':
+		switch serverMsg(msg[0]) {
+		case msgDataRow:
 			var dr pgproto3.DataRow
-			if err := dr.Decode(msg[5:]); err != nil || len(dr.Values) != 5 {
+			if err := dr.Decode(frameBody(msg)); err != nil || len(dr.Values) != 5 {
 				return nil, nil, false, errors.New("unexpected catalog row")
 			}
 			var i int
@@ -73,11 +73,11 @@ ORDER BY p.i`
 				rows[i].pkey = strings.Split(k, "\x1f")
 			}
 			rows[i].sideEffects = string(dr.Values[4]) == "t"
-		case 'E':
+		case msgErrorResponse:
 			var er pgproto3.ErrorResponse
-			_ = er.Decode(msg[5:])
+			_ = er.Decode(frameBody(msg))
 			qerr = fmt.Errorf("catalog query: %s (SQLSTATE %s)", er.Message, er.Code)
-		case 'Z':
+		case msgReadyForQuery:
 			if qerr != nil {
 				return nil, nil, false, qerr
 			}

@@ -42,9 +42,51 @@ const (
 	outcomeSkipped                     // never ran: an earlier error made the server skip to Sync
 )
 
-// newCheck returns the session's check state, reset. One is enough: a
-// check holds the client's later frames until it is resolved.
-func (s *session) newCheck(kind checkKind, st *rewrite.Statement) *checkState {
-	s.chk = checkState{kind: kind, stmt: st}
-	return &s.chk
+// checkSlot holds the one checked statement in flight. The rule that keeps
+// the guard exact: from the moment a checked statement is sent until its
+// outcome is known, the client's later frames are held (not read further,
+// not forwarded), so the outcome decides what reaches the server next. One
+// check at a time is therefore all there can be, and start enforces it.
+type checkSlot struct {
+	cur    checkState
+	active bool // started and not finished
+	held   bool // the client's later frames wait for the outcome
+}
+
+// errSecondCheck is a broken invariant of the relay, not a client's fault:
+// the panic ends the session (the loop recovers it) rather than let two
+// checks share one slot.
+const errSecondCheck = "pgoptimist: a second checked statement while one is in flight"
+
+// start returns the slot's check state, reset for a new check.
+func (sl *checkSlot) start(kind checkKind, st *rewrite.Statement) *checkState {
+	if sl.active {
+		panic(errSecondCheck)
+	}
+	sl.cur = checkState{kind: kind, stmt: st}
+	sl.active = true
+	return &sl.cur
+}
+
+// hold makes the client wait for the check in flight.
+func (sl *checkSlot) hold() { sl.held = sl.active }
+
+// holding reports whether the client waits for a check's outcome.
+func (sl *checkSlot) holding() bool { return sl.held }
+
+// current is the check in flight, or nil.
+func (sl *checkSlot) current() *checkState {
+	if !sl.active {
+		return nil
+	}
+	return &sl.cur
+}
+
+// finish ends the check c, which must be the one in flight; the client goes
+// on. The state stays readable until the next start.
+func (sl *checkSlot) finish(c *checkState) {
+	if !sl.active || c != &sl.cur {
+		panic("pgoptimist: finishing a check that is not in flight")
+	}
+	sl.active, sl.held = false, false
 }

@@ -1,8 +1,8 @@
 package proxy
 
 import (
-	"encoding/binary"
 	"errors"
+	"fmt"
 )
 
 // Framing: the relay moves the bytes of each direction frame by frame.
@@ -26,36 +26,34 @@ func (s *session) processClient() {
 			}
 			continue
 		}
+		if s.checks.holding() {
+			return
+		}
 		d := s.cin.data()
-		if s.hold != nil || len(d) < 5 {
+		typ, total, ok, err := frameHeader(d, s.cfg.Limits.MaxMessageBytes)
+		if !ok {
 			return
 		}
-		typ := d[0]
-		n := int(int32(binary.BigEndian.Uint32(d[1:5])))
-		if n < 4 {
-			s.fatal("08P01", protoErrorf("message %q has invalid length %d", typ, n).Error(), errProtocol)
+		if err != nil {
+			s.fatal(sqlstateProtocolViolation, err.Error(), errProtocol)
 			return
 		}
-		if n > s.cfg.Limits.MaxMessageBytes {
-			s.fatal("08P01", protoErrorf("message %q of %d bytes exceeds the limit of %d bytes (limits.max_message_bytes)", typ, n, s.cfg.Limits.MaxMessageBytes).Error(), errProtocol)
-			return
-		}
-		if !s.wantWhole(typ) {
-			if !s.passClient(typ) {
+		if !s.wantWhole(clientMsg(typ)) {
+			if !s.passClient(clientMsg(typ)) {
 				return
 			}
-			s.cPass = n + 1
+			s.cPass = total
 			continue
 		}
-		if len(d) < n+1 {
+		if len(d) < total {
 			return // the rest has not arrived
 		}
-		extra, err := s.handleClient(d[:n+1], d[n+1:])
-		s.cin.consume(n + 1 + extra)
+		extra, err := s.handleClient(d[:total], d[total:])
+		s.cin.consume(total + extra)
 		if err != nil {
 			var pe *protocolError
 			if errors.As(err, &pe) {
-				s.fatal("08P01", pe.Error(), errProtocol)
+				s.fatal(sqlstateProtocolViolation, pe.Error(), errProtocol)
 			} else {
 				s.end(err)
 			}
@@ -68,19 +66,19 @@ var errProtocol = errors.New("protocol violation by the client")
 
 // wantWhole reports whether the proxy must see a client frame of type typ
 // whole before forwarding it.
-func (s *session) wantWhole(typ byte) bool {
+func (s *session) wantWhole(typ clientMsg) bool {
 	g := s.guard
 	if g == nil {
 		return false
 	}
 	switch typ {
-	case 'Q', 'P':
+	case msgQuery, msgParse:
 		return true
-	case 'B':
+	case msgBind:
 		return len(g.stmts) > 0
-	case 'E':
+	case msgExecute:
 		return len(g.portals) > 0
-	case 'C':
+	case msgClose:
 		return len(g.stmts) > 0 || len(g.portals) > 0
 	}
 	return false
@@ -103,27 +101,27 @@ func copyThrough(in, out *buffer, left *int, drop bool) bool {
 }
 
 // passClient records what a frame copied through will be answered with.
-func (s *session) passClient(typ byte) bool {
+func (s *session) passClient(typ clientMsg) bool {
 	switch typ {
-	case 'Q', 'F':
+	case msgQuery, msgFunctionCall:
 		s.queue.push(pending{kind: pendQuery})
-	case 'P':
+	case msgParse:
 		s.queue.push(pending{kind: pendParse})
-	case 'B':
+	case msgBind:
 		s.queue.push(pending{kind: pendBind})
-	case 'E':
+	case msgExecute:
 		s.queue.push(pending{kind: pendExecute})
-	case 'C':
+	case msgClose:
 		s.queue.push(pending{kind: pendClose})
-	case 'D':
-		s.queue.push(pending{kind: pendDescribePortal})
-	case 'S':
+	case msgDescribe:
+		s.queue.push(pending{kind: pendDescribe})
+	case msgSync:
 		s.queue.push(pending{kind: pendSync})
-	case 'H', 'd', 'c', 'f':
-	case 'X':
+	case msgFlush, msgCopyData, msgCopyDone, msgCopyFail:
+	case msgTerminate:
 		s.end(errClientTerminated)
 	default:
-		s.fatal("08P01", protoErrorf("unknown message type %q", typ).Error(), errProtocol)
+		s.fatal(sqlstateProtocolViolation, protoErrorf("unknown message type %q", byte(typ)).Error(), errProtocol)
 		return false
 	}
 	return true
@@ -132,16 +130,16 @@ func (s *session) passClient(typ byte) bool {
 // handleClient handles one whole client frame that needs a look; rest is
 // the input after it. It returns how many bytes of rest it consumed too.
 func (s *session) handleClient(msg, rest []byte) (int, error) {
-	switch msg[0] {
-	case 'Q':
+	switch clientMsg(msg[0]) {
+	case msgQuery:
 		return 0, s.onQuery(msg)
-	case 'P':
+	case msgParse:
 		return 0, s.onParse(msg)
-	case 'B':
+	case msgBind:
 		return 0, s.onBind(msg)
-	case 'E':
+	case msgExecute:
 		return s.onExecute(msg, rest)
-	case 'C':
+	case msgClose:
 		return 0, s.onClose(msg)
 	}
 	s.sout.append(msg...)
@@ -159,49 +157,47 @@ func (s *session) processServer() {
 			continue
 		}
 		d := s.sin.data()
-		if len(d) < 5 {
+		b, total, ok, err := frameHeader(d, 0)
+		if !ok {
 			return
 		}
-		typ := d[0]
-		n := int(int32(binary.BigEndian.Uint32(d[1:5])))
-		if n < 4 {
-			s.end(errors.New("server sent a frame with an invalid length"))
+		if err != nil {
+			s.end(fmt.Errorf("server sent a malformed frame: %w", err))
 			return
 		}
+		typ := serverMsg(b)
 		drop, whole := false, false
 		switch typ {
-		case 'T':
-			s.popIf(pendDescribeStmt, pendDescribePortal)
-		case '1', '2', '3', 'n':
+		case msgRowDescription:
+			s.popIf(pendDescribe)
+		case msgParseComplete, msgBindComplete, msgCloseComplete, msgNoData:
 			p, ok := s.queue.pop()
-			drop = ok && p.flags&flagInternal != 0
-		case 't':
+			drop = ok && p.answer == answerProxy
+		case msgParameterDescription:
 			p, ok := s.queue.peek()
-			drop = ok && p.flags&flagInternal != 0
-		case 'C', 'I', 's':
+			drop = ok && p.answer == answerProxy
+		case msgCommandComplete, msgEmptyQueryResponse, msgPortalSuspended:
 			whole = s.wantComplete()
-		case 'E':
-			whole = true
-		case 'Z':
+		case msgErrorResponse, msgReadyForQuery:
 			whole = true
 		}
 		if !whole {
-			s.sPass, s.sDrop = n+1, drop
+			s.sPass, s.sDrop = total, drop
 			continue
 		}
-		if len(d) < n+1 {
+		if len(d) < total {
 			return
 		}
-		msg := d[:n+1]
+		msg := d[:total]
 		switch typ {
-		case 'C', 'I', 's':
+		case msgCommandComplete, msgEmptyQueryResponse, msgPortalSuspended:
 			s.onCommandComplete(msg)
-		case 'E':
+		case msgErrorResponse:
 			s.onError(msg)
-		case 'Z':
+		case msgReadyForQuery:
 			s.onReady(msg)
 		}
-		s.sin.consume(n + 1)
+		s.sin.consume(total)
 	}
 }
 

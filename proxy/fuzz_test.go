@@ -24,7 +24,7 @@ func testSession(t testing.TB) *session {
 	req := pol
 	req.Table, req.Mode = "strict", rewrite.ModeRequired
 	return &session{
-		srv: srv, cfg: &cfg, txStatus: 'I',
+		srv: srv, cfg: &cfg, txStatus: txIdle,
 		guard: &sessionGuard{
 			rw:           rewrite.New([]rewrite.Policy{pol, req}, rewrite.Options{}),
 			searchPath:   "public",
@@ -75,8 +75,8 @@ func FuzzClientBytes(f *testing.F) {
 			s.processClient()
 			// Pretend the server answered every checked statement with
 			// zero rows, to run the stale paths too.
-			if s.hold != nil {
-				s.resolve(s.hold, outcomeStale)
+			if s.checks.holding() {
+				s.resolve(s.checks.current(), outcomeStale)
 				s.processClient()
 			}
 		}
@@ -107,7 +107,7 @@ func FuzzServerBytes(f *testing.F) {
 			s.processClient()
 			s.sin.append(data...)
 			s.processServer()
-			if s.hold == nil {
+			if !s.checks.holding() {
 				s.processClient()
 			}
 			checkFrames(t, "to client", s.cout.data(), !s.ending && s.sPass == 0)

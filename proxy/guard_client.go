@@ -14,6 +14,12 @@ import (
 // what the server should get into sout, and may hold the client's later
 // frames until a checked statement's outcome is known.
 
+// nul terminates the strings of a message.
+var nul = []byte{0}
+
+// unsafeBytes views s as bytes for a call that only reads them.
+func unsafeBytes(s string) []byte { return unsafe.Slice(unsafe.StringData(s), len(s)) }
+
 // unsafeString views b as a string for a call that does not keep it.
 func unsafeString(b []byte) string {
 	if len(b) == 0 {
@@ -42,12 +48,12 @@ func (s *session) check(p pending) {
 		s.resolve(p.check, outcomeSkipped)
 		return
 	}
-	s.hold = p.check
+	s.checks.hold()
 }
 
 // onQuery handles a simple Query.
 func (s *session) onQuery(msg []byte) error {
-	body := msg[5:]
+	body := frameBody(msg)
 	if len(body) == 0 || body[len(body)-1] != 0 {
 		return protoErrorf("Query message without a string terminator")
 	}
@@ -67,7 +73,7 @@ func (s *session) onQuery(msg []byte) error {
 	plan, reject := g.plan(unsafeString(sql)) // the rewriter copies what it keeps
 	if plan == nil {
 		if reject != "" {
-			s.queue.push(pending{kind: pendQuery, flags: flagInternal | flagCleanErr})
+			s.queue.push(pending{kind: pendQuery, answer: answerRaise})
 			return s.send(&pgproto3.Query{String: reject})
 		}
 		s.queue.push(pending{kind: pendQuery})
@@ -109,10 +115,10 @@ func (s *session) onQuery(msg []byte) error {
 		a := acts[0]
 		if a.refuse {
 			s.srv.metrics.refused(a.stmt.Policy)
-			s.queue.push(pending{kind: pendQuery, flags: flagInternal | flagCleanErr})
+			s.queue.push(pending{kind: pendQuery, answer: answerRaise})
 			return s.send(&pgproto3.Query{String: requiredSQL(a.stmt.Policy, g.requiredCode)})
 		}
-		c := s.newCheck(checkSimple, a.stmt)
+		c := s.checks.start(checkSimple, a.stmt)
 		c.source = a.source
 		if err := s.send(&pgproto3.Query{String: plan.SQL}); err != nil {
 			return err
@@ -159,17 +165,17 @@ func (s *session) continuePipeline(t *translation) error {
 			}
 			break
 		}
-		s.queue.push(pending{kind: pendParse, flags: flagInternal})
-		s.queue.push(pending{kind: pendBind, flags: flagInternal})
-		s.queue.push(pending{kind: pendDescribePortal, flags: flagInternal})
-		if err := s.send(&pgproto3.Parse{Query: t.plan.Statements[i].SQL}, &pgproto3.Bind{}, &pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}); err != nil {
+		s.queue.push(pending{kind: pendParse, answer: answerProxy})
+		s.queue.push(pending{kind: pendBind, answer: answerProxy})
+		s.queue.push(pending{kind: pendDescribe, answer: answerProxy})
+		if err := s.send(&pgproto3.Parse{Query: t.plan.Statements[i].SQL}, &pgproto3.Bind{}, &pgproto3.Describe{ObjectType: targetPortal}, &pgproto3.Execute{}); err != nil {
 			return err
 		}
 		if !a.check {
 			s.queue.push(pending{kind: pendExecute})
 			continue
 		}
-		c := s.newCheck(checkPipeline, a.stmt)
+		c := s.checks.start(checkPipeline, a.stmt)
 		c.source, c.pipeline = a.source, t
 		if err := s.send(&pgproto3.Flush{}); err != nil {
 			return err
@@ -197,15 +203,15 @@ func executeArgs(st *rewrite.Statement) func(int) (string, bool) {
 // use). The server then skips to the next Sync, as for any error.
 func (s *session) raiseInPipeline(name, sql string) error {
 	if name != "" {
-		s.queue.push(pending{kind: pendClose, flags: flagInternal})
-		s.queue.push(pending{kind: pendClose, flags: flagInternal})
-		if err := s.send(&pgproto3.Close{ObjectType: 'S', Name: name}, &pgproto3.Close{ObjectType: 'P', Name: name}); err != nil {
+		s.queue.push(pending{kind: pendClose, answer: answerProxy})
+		s.queue.push(pending{kind: pendClose, answer: answerProxy})
+		if err := s.send(&pgproto3.Close{ObjectType: targetStatement, Name: name}, &pgproto3.Close{ObjectType: targetPortal, Name: name}); err != nil {
 			return err
 		}
 	}
-	s.queue.push(pending{kind: pendParse, flags: flagInternal})
-	s.queue.push(pending{kind: pendBind, flags: flagInternal})
-	s.queue.push(pending{kind: pendExecute, flags: flagInternal | flagCleanErr})
+	s.queue.push(pending{kind: pendParse, answer: answerProxy})
+	s.queue.push(pending{kind: pendBind, answer: answerProxy})
+	s.queue.push(pending{kind: pendExecute, answer: answerRaise})
 	return s.send(&pgproto3.Parse{Name: name, Query: sql}, &pgproto3.Bind{DestinationPortal: name, PreparedStatement: name}, &pgproto3.Execute{Portal: name})
 }
 
@@ -214,7 +220,7 @@ func (s *session) raiseInPipeline(name, sql string) error {
 func (s *session) onParse(msg []byte) error {
 	// Decoded in place: most Parse messages of a guarded session are not
 	// guarded and go on as they came, without a copy.
-	name, rest, ok := cstringBytes(msg[5:])
+	name, rest, ok := cstringBytes(frameBody(msg))
 	var query, tail []byte
 	if ok {
 		query, tail, ok = cstringBytes(rest)
@@ -273,11 +279,7 @@ func (s *session) onParse(msg []byte) error {
 // appendParse writes a Parse message for the server: the client's name and
 // parameter types (tail) around another statement text.
 func (s *session) appendParse(name []byte, sql string, tail []byte) {
-	n := 4 + len(name) + 1 + len(sql) + 1 + len(tail)
-	b := append(s.sout.b, 'P', byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	b = append(append(b, name...), 0)
-	b = append(append(b, sql...), 0)
-	s.sout.b = append(b, tail...)
+	s.sout.b = appendFrame(s.sout.b, byte(msgParse), name, nul, unsafeBytes(sql), nul, tail)
 }
 
 // onBind notes which portals run checked statements, with the bound values
@@ -285,7 +287,7 @@ func (s *session) appendParse(name []byte, sql string, tail []byte) {
 func (s *session) onBind(msg []byte) error {
 	g := s.guard
 	s.queue.push(pending{kind: pendBind})
-	portal, rest, ok := cstringBytes(msg[5:])
+	portal, rest, ok := cstringBytes(frameBody(msg))
 	var stmtName []byte
 	if ok {
 		stmtName, rest, ok = cstringBytes(rest)
@@ -363,7 +365,7 @@ func validBind(b []byte) bool {
 // input after the Execute.
 func (s *session) onExecute(msg, rest []byte) (int, error) {
 	g := s.guard
-	portal, _, ok := cstringBytes(msg[5:])
+	portal, _, ok := cstringBytes(frameBody(msg))
 	if !ok {
 		return 0, protoErrorf("Execute: missing string terminator")
 	}
@@ -378,7 +380,7 @@ func (s *session) onExecute(msg, rest []byte) (int, error) {
 			return 0, nil // the server would skip it
 		}
 		s.srv.metrics.refused(bp.stmt.Policy)
-		return 0, s.raiseInPipeline("pgoptimist_raise", requiredSQL(bp.stmt.Policy, g.requiredCode))
+		return 0, s.raiseInPipeline(raiseName, requiredSQL(bp.stmt.Policy, g.requiredCode))
 	}
 	if s.syncAhead(bp, rest) {
 		// The common shape, Execute then Sync with nothing else in the
@@ -388,15 +390,15 @@ func (s *session) onExecute(msg, rest []byte) (int, error) {
 		// ends an explicit transaction's cycle without committing, or
 		// commits an implicit transaction whose only statement changed
 		// nothing (syncAhead checks which).
-		c := s.newCheck(checkSyncAhead, bp.stmt)
+		c := s.checks.start(checkSyncAhead, bp.stmt)
 		c.portal = bp
 		s.sout.append(msg...)
-		s.sout.append(rest[:5]...)
+		s.sout.append(syncFrame...)
 		s.check(pending{kind: pendExecute, check: c})
 		s.queue.push(pending{kind: pendSync})
-		return 5, nil
+		return len(syncFrame), nil
 	}
-	c := s.newCheck(checkHeld, bp.stmt)
+	c := s.checks.start(checkHeld, bp.stmt)
 	c.portal = bp
 	s.sout.append(msg...)
 	if err := s.send(&pgproto3.Flush{}); err != nil {
@@ -414,7 +416,7 @@ func (s *session) onExecute(msg, rest []byte) (int, error) {
 // when a zero-row run of it writes nothing: no data-modifying CTE, no
 // statement-level trigger or rule on the table.
 func (s *session) syncAhead(bp *boundPortal, rest []byte) bool {
-	if len(rest) < 5 || rest[0] != 'S' || rest[1] != 0 || rest[2] != 0 || rest[3] != 0 || rest[4] != 4 {
+	if !isSyncFrame(rest) {
 		return false
 	}
 	return s.emptyRunCommitsNothing(bp.quietWhenEmpty)
@@ -430,7 +432,7 @@ func (s *session) emptyRunCommitsNothing(quietWhenEmpty bool) bool {
 	if !s.queue.quiet() {
 		return false
 	}
-	return s.txStatus == 'T' || s.txStatus == 'I' && quietWhenEmpty
+	return s.txStatus == txInBlock || s.txStatus == txIdle && quietWhenEmpty
 }
 
 // onClose forgets closed guarded statements and portals.
@@ -438,10 +440,10 @@ func (s *session) onClose(msg []byte) error {
 	s.queue.push(pending{kind: pendClose})
 	if len(msg) >= 7 {
 		if name, _, ok := cstringBytes(msg[6:]); ok {
-			switch msg[5] {
-			case 'S':
+			switch frameBody(msg)[0] {
+			case targetStatement:
 				delete(s.guard.stmts, unsafeString(name))
-			case 'P':
+			case targetPortal:
 				delete(s.guard.portals, unsafeString(name))
 			}
 		}

@@ -1,8 +1,6 @@
 package proxy
 
 import (
-	"encoding/binary"
-
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -18,11 +16,11 @@ func (s *session) onCommandComplete(msg []byte) {
 	if p.kind == pendExecute {
 		s.queue.pop()
 	}
-	if p.check == nil || (p.kind == pendQuery && msg[0] != 'C') {
+	if p.check == nil || (p.kind == pendQuery && serverMsg(msg[0]) != msgCommandComplete) {
 		s.cout.append(msg...)
 		return
 	}
-	if msg[0] != 'C' || rowsAffected(msg) != 0 {
+	if serverMsg(msg[0]) != msgCommandComplete || rowsAffected(msg) != 0 {
 		s.cout.append(msg...)
 		if p.kind == pendExecute {
 			s.resolve(p.check, outcomeOK)
@@ -32,14 +30,14 @@ func (s *session) onCommandComplete(msg []byte) {
 	if p.kind == pendExecute {
 		s.resolve(p.check, outcomeStale)
 	} else {
-		s.queue.setFlags(flagStale) // a simple query: reported at ReadyForQuery
+		s.queue.observe(sawZeroRows) // a simple query: reported at ReadyForQuery
 	}
 }
 
 // rowsAffected reads the row count at the end of a CommandComplete tag
 // ("UPDATE 3", "DELETE 0", "INSERT 0 1"); -1 when there is none.
 func rowsAffected(msg []byte) int64 {
-	tag := msg[5:]
+	tag := frameBody(msg)
 	if len(tag) > 0 && tag[len(tag)-1] == 0 {
 		tag = tag[:len(tag)-1]
 	}
@@ -62,14 +60,14 @@ func rowsAffected(msg []byte) int64 {
 // queue, and checked statements among them never ran.
 func (s *session) onError(msg []byte) {
 	p, ok := s.queue.peek()
-	if ok && p.flags&flagCleanErr != 0 {
+	if ok && p.answer == answerRaise {
 		msg = cleanError(msg)
 	}
 	s.cout.append(msg...)
 	switch {
 	case !ok:
 	case p.kind == pendQuery:
-		s.queue.setFlags(flagErrored)
+		s.queue.observe(sawError)
 	default:
 		for _, c := range s.queue.skipToSync() {
 			s.resolve(c, outcomeSkipped)
@@ -81,36 +79,34 @@ func (s *session) onError(msg []byte) {
 // block that describe the block rather than the client's statement
 // (PL/pgSQL context, source file, line and routine).
 func cleanError(msg []byte) []byte {
-	out := []byte{'E', 0, 0, 0, 0}
-	b := msg[5:]
+	var body []byte
+	b := frameBody(msg)
 	for len(b) > 1 {
 		f := b[0]
 		v, rest, ok := cstringBytes(b[1:])
 		if !ok {
 			return msg
 		}
-		if f != 'W' && f != 'F' && f != 'L' && f != 'R' {
-			out = append(out, f)
-			out = append(append(out, v...), 0)
+		switch f {
+		case fieldWhere, fieldFile, fieldLine, fieldRoutine:
+		default:
+			body = append(body, f)
+			body = append(append(body, v...), 0)
 		}
 		b = rest
 	}
-	out = append(out, 0)
-	binary.BigEndian.PutUint32(out[1:5], uint32(len(out)-1))
-	return out
+	return appendFrame(nil, byte(msgErrorResponse), body, []byte{0})
 }
 
 // onReady handles ReadyForQuery: the end of a simple query or a Sync.
 func (s *session) onReady(msg []byte) {
-	if len(msg) == 6 {
-		s.txStatus = msg[5]
-	}
+	s.txStatus = readyStatus(msg)
 	p, ok := s.queue.pop()
-	if ok && p.flags&flagDropReady != 0 {
+	if ok && p.answer == answerReplaced {
 		return // the stale error and its own ReadyForQuery follow
 	}
 	if ok && p.check != nil && p.kind == pendQuery {
-		if p.flags&flagStale != 0 && p.flags&flagErrored == 0 {
+		if p.seen == sawZeroRows {
 			// Withheld: the stale error and the server's own
 			// ReadyForQuery follow.
 			s.resolve(p.check, outcomeStale)
@@ -126,9 +122,7 @@ func (s *session) onReady(msg []byte) {
 // resolve delivers a checked statement's outcome and lets the client's held
 // messages go on.
 func (s *session) resolve(c *checkState, out checkOutcome) {
-	if s.hold == c {
-		s.hold = nil
-	}
+	s.checks.finish(c)
 	if err := s.afterCheck(c, out); err != nil {
 		s.end(err)
 	}
@@ -143,7 +137,7 @@ func (s *session) afterCheck(c *checkState, out checkOutcome) error {
 	switch c.kind {
 	case checkSimple:
 		if out == outcomeStale {
-			s.queue.push(pending{kind: pendQuery, flags: flagInternal | flagCleanErr})
+			s.queue.push(pending{kind: pendQuery, answer: answerRaise})
 			return s.send(&pgproto3.Query{String: staleSQL(c.stmt.Policy, c.staleDetail(), g.staleCode)})
 		}
 	case checkPipeline:
@@ -159,13 +153,13 @@ func (s *session) afterCheck(c *checkState, out checkOutcome) error {
 		return s.send(&pgproto3.Sync{})
 	case checkSyncAhead:
 		if out == outcomeStale {
-			s.queue.setFlags(flagDropReady) // the Sync's entry is now the oldest
-			s.queue.push(pending{kind: pendQuery, flags: flagInternal | flagCleanErr})
+			s.queue.replaceReady() // the Sync's entry is now the oldest
+			s.queue.push(pending{kind: pendQuery, answer: answerRaise})
 			return s.send(&pgproto3.Query{String: staleSQL(c.stmt.Policy, c.staleDetail(), g.staleCode)})
 		}
 	case checkHeld:
 		if out == outcomeStale {
-			return s.raiseInPipeline("pgoptimist_raise", staleSQL(c.stmt.Policy, c.staleDetail(), g.staleCode))
+			return s.raiseInPipeline(raiseName, staleSQL(c.stmt.Policy, c.staleDetail(), g.staleCode))
 		}
 	}
 	return nil

@@ -303,7 +303,7 @@ func (l *loop) handle(ref fdRef, ev uint32) {
 		s.processClient()
 	} else {
 		s.processServer()
-		if s.hold == nil {
+		if !s.checks.holding() {
 			s.processClient() // frames held behind a checked statement
 		}
 	}
@@ -340,9 +340,12 @@ func rawWrite(fd int, p []byte) (int, error) {
 	return int(r), nil
 }
 
+// readChunk is the least free space a read offers the kernel.
+const readChunk = 16 << 10
+
 // readInto reads what is available from fd.
 func readInto(fd int, q *buffer) error {
-	n, err := rawRead(fd, q.spare(16<<10))
+	n, err := rawRead(fd, q.spare(readChunk))
 	switch {
 	case n > 0:
 		q.commit(n)
@@ -372,7 +375,7 @@ func writeOut(fd int, q *buffer) error {
 			return err
 		}
 	}
-	q.release(256 << 10)
+	q.release(highWater)
 	return nil
 }
 
@@ -395,7 +398,7 @@ func (l *loop) flush(s *session) {
 		return
 	}
 	cev := uint32(unix.EPOLLRDHUP)
-	if s.sout.len() < highWater && (s.cin.len() < highWater || s.cPass > 0 || s.hold == nil && s.cin.len() < s.cfg.Limits.MaxMessageBytes+5) && !s.ending {
+	if s.sout.len() < highWater && (s.cin.len() < highWater || s.cPass > 0 || !s.checks.holding() && s.cin.len() < s.cfg.Limits.MaxMessageBytes+5) && !s.ending {
 		cev |= unix.EPOLLIN
 	}
 	if s.cout.len() > 0 {
@@ -428,7 +431,7 @@ func (l *loop) closeSession(s *session, err error) {
 		// The client went away without Terminate: end the server's
 		// session politely.
 		if l.ref(s.sfd).s == s {
-			_, _ = unix.Write(s.sfd, []byte{'X', 0, 0, 0, 4})
+			_, _ = unix.Write(s.sfd, terminateFrame)
 		}
 	}
 	for _, fd := range []int{s.cfd, s.sfd} {

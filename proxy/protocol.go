@@ -68,6 +68,14 @@ const (
 	targetPortal    byte = 'P'
 )
 
+// Fields of ErrorResponse and NoticeResponse the proxy reads or drops.
+const (
+	fieldWhere   byte = 'W'
+	fieldFile    byte = 'F'
+	fieldLine    byte = 'L'
+	fieldRoutine byte = 'R'
+)
+
 // headerLen is a frame's header: the type byte and the int32 length, which
 // counts itself but not the type byte.
 const headerLen = 5

@@ -1,45 +1,84 @@
 package proxy
 
-// pendingKind is a request whose response the server has yet to send.
+// The response queue: what the server owes, in order, so the relay knows
+// which request each answer belongs to and what to do with it.
+
+// pendingKind is a request whose answer the server has yet to send.
 type pendingKind uint8
 
 const (
-	pendParse          pendingKind = iota + 1 // → ParseComplete
-	pendBind                                  // → BindComplete
-	pendClose                                 // → CloseComplete
-	pendDescribeStmt                          // → ParameterDescription, RowDescription | NoData
-	pendDescribePortal                        // → RowDescription | NoData
-	pendExecute                               // → ... CommandComplete | EmptyQueryResponse | PortalSuspended
-	pendSync                                  // → ReadyForQuery
-	pendQuery                                 // → ... ReadyForQuery (simple query, FunctionCall)
+	pendParse    pendingKind = iota + 1 // → ParseComplete
+	pendBind                            // → BindComplete
+	pendClose                           // → CloseComplete
+	pendDescribe                        // → [ParameterDescription], RowDescription | NoData
+	pendExecute                         // → ... CommandComplete | EmptyQueryResponse | PortalSuspended
+	pendSync                            // → ReadyForQuery
+	pendQuery                           // → ... ReadyForQuery (simple query, FunctionCall)
 )
 
-// pending flags.
+// answerAction is what the relay does with the answer to a request: decided
+// when the request is sent, never changed by what the answer says (that is
+// an observation).
+type answerAction uint8
+
 const (
-	flagInternal  = 1 << iota // sent by the proxy: its completion messages are not the client's
-	flagStale                 // (simple query) the checked statement matched no row
-	flagErrored               // (simple query) the server reported an error
-	flagCleanErr              // the proxy's own DO block: its error is relayed without PL/pgSQL context
-	flagDropReady             // (Sync) a stale error replaces this ReadyForQuery
+	// answerClient: the client's own request; its answer is the client's.
+	answerClient answerAction = iota
+	// answerProxy: a request of the proxy's (Parse, Bind, Close, Describe);
+	// its completion messages are not the client's and are dropped.
+	answerProxy
+	// answerRaise: the proxy's statement that makes the server raise an
+	// error for the client (stale, required, rejected). The error is relayed
+	// without the DO block's PL/pgSQL context; a simple query's
+	// ReadyForQuery is the client's.
+	answerRaise
+	// answerReplaced: a Sync whose ReadyForQuery is withheld, because a
+	// stale error and its own ReadyForQuery take its place.
+	answerReplaced
+)
+
+// observation is what the server's answers to a simple query have shown so
+// far; the query's outcome is decided at its ReadyForQuery.
+type observation uint8
+
+const (
+	sawZeroRows observation = 1 << iota // the checked statement matched no row
+	sawError                            // the server reported an error
 )
 
 // pending is one entry of the response queue.
 type pending struct {
-	kind  pendingKind
-	flags uint8
-	check *checkState // a checked statement: zero rows affected is a conflict
+	kind   pendingKind
+	answer answerAction
+	seen   observation
+	check  *checkState // a checked statement: zero rows affected is a conflict
 }
 
-// responseQueue records, in order, what the server owes the client, so the
-// relay knows which response answers which request. Only the session's
-// event loop touches it.
+// maxInFlight is the number of requests in flight at which the relay stops
+// reading the client until the server has answered some: the queue is
+// bounded even for a client that pipelines without reading.
+const maxInFlight = 1 << 16
+
+// responseQueue records, in order, what the server owes the client. It is a
+// ring: entries are pushed at the tail and popped at the head, so a client
+// that always keeps requests in flight reuses the same memory. Only the
+// session's event loop touches it.
 type responseQueue struct {
-	items []pending
-	head  int
+	ring []pending // len is the capacity: zero or a power of two
+	head int       // index of the oldest entry
+	n    int       // entries in the queue
 	// skipping: an extended-protocol error was reported and no Sync was
 	// queued yet, so the server ignores everything up to the next Sync.
 	skipping bool
 }
+
+// shrinkAbove is the capacity an empty queue gives back after a burst.
+const shrinkAbove = 1 << 10
+
+func (q *responseQueue) at(i int) *pending { return &q.ring[(q.head+i)&(len(q.ring)-1)] }
+
+// len is the number of requests in flight.
+func (q *responseQueue) len() int { return q.n }
 
 // push adds a request. It returns false when the server will ignore the
 // request (it is skipping to a Sync); the request is then not queued.
@@ -50,36 +89,59 @@ func (q *responseQueue) push(p pending) bool {
 		}
 		q.skipping = false
 	}
-	if q.head > 0 && q.head == len(q.items) {
-		q.items = q.items[:0]
-		q.head = 0
+	if q.n == len(q.ring) {
+		q.grow()
 	}
-	q.items = append(q.items, p)
+	*q.at(q.n) = p
+	q.n++
 	return true
+}
+
+func (q *responseQueue) grow() {
+	ring := make([]pending, max(16, 2*len(q.ring)))
+	for i := 0; i < q.n; i++ {
+		ring[i] = *q.at(i)
+	}
+	q.ring, q.head = ring, 0
 }
 
 // peek returns the oldest entry, or ok=false when nothing is pending.
 func (q *responseQueue) peek() (pending, bool) {
-	if q.head == len(q.items) {
+	if q.n == 0 {
 		return pending{}, false
 	}
-	return q.items[q.head], true
+	return *q.at(0), true
 }
 
-// setFlags ORs flags into the oldest entry.
-func (q *responseQueue) setFlags(f uint8) {
-	if q.head < len(q.items) {
-		q.items[q.head].flags |= f
+// observe records what an answer to the oldest entry showed.
+func (q *responseQueue) observe(o observation) {
+	if q.n > 0 {
+		q.at(0).seen |= o
+	}
+}
+
+// replaceReady marks the oldest entry, a Sync, as answerReplaced.
+func (q *responseQueue) replaceReady() {
+	if q.n > 0 && q.at(0).kind == pendSync {
+		q.at(0).answer = answerReplaced
 	}
 }
 
 func (q *responseQueue) pop() (pending, bool) {
-	if q.head == len(q.items) {
+	if q.n == 0 {
 		return pending{}, false
 	}
-	p := q.items[q.head]
-	q.items[q.head] = pending{}
-	q.head++
+	e := q.at(0)
+	p := *e
+	*e = pending{}
+	q.head = (q.head + 1) & (len(q.ring) - 1)
+	q.n--
+	if q.n == 0 {
+		q.head = 0
+		if len(q.ring) > shrinkAbove {
+			q.ring = nil
+		}
+	}
 	return p, true
 }
 
@@ -87,8 +149,8 @@ func (q *responseQueue) pop() (pending, bool) {
 // pending: every earlier cycle has been answered, so the last
 // ReadyForQuery status is current, and no other statement is in the batch.
 func (q *responseQueue) quiet() bool {
-	for _, p := range q.items[q.head:] {
-		switch p.kind {
+	for i := 0; i < q.n; i++ {
+		switch q.at(i).kind {
 		case pendExecute, pendSync, pendQuery:
 			return false
 		}
@@ -101,16 +163,15 @@ func (q *responseQueue) quiet() bool {
 // returns the checked ones.
 func (q *responseQueue) skipToSync() []*checkState {
 	var released []*checkState
-	for q.head < len(q.items) {
-		p := q.items[q.head]
+	for q.n > 0 {
+		p := q.at(0)
 		if p.kind == pendSync {
 			return released
 		}
 		if p.check != nil {
 			released = append(released, p.check)
 		}
-		q.items[q.head] = pending{}
-		q.head++
+		q.pop()
 	}
 	q.skipping = true
 	return released

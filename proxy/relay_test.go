@@ -75,7 +75,7 @@ func TestStaleSimpleQuery(t *testing.T) {
 	s := testSession(t)
 	s.cin.append(frames(&pgproto3.Query{String: "UPDATE address SET state = 'x' WHERE id = 7 AND version = 2"}, &pgproto3.Query{String: "SELECT 1"})...)
 	s.processClient()
-	if s.hold == nil {
+	if !s.checks.holding() {
 		t.Fatal("checked statement does not hold the client")
 	}
 	if bytes.Contains(s.sout.data(), []byte("SELECT 1")) {
@@ -94,7 +94,7 @@ func TestStaleSimpleQuery(t *testing.T) {
 	if !bytes.HasPrefix(s.sout.data(), []byte{'Q'}) || !bytes.Contains(s.sout.data(), []byte("RAISE EXCEPTION USING ERRCODE = 'VL409'")) || !bytes.Contains(s.sout.data(), []byte(`"id" = '7'`)) {
 		t.Fatalf("stale statement not sent: %q", sent)
 	}
-	if s.hold != nil {
+	if s.checks.holding() {
 		t.Fatal("client still held")
 	}
 	s.processClient()

@@ -42,18 +42,17 @@ type session struct {
 
 	// Relay phase: driven by an event loop (relay.go, loop_linux.go), one
 	// event at a time, so the protocol state below needs no locking.
-	cin, cout buffer // bytes from and to the client
-	sin, sout buffer // bytes from and to the server
-	cPass     int    // bytes of the current client frame still to copy to the server
-	sPass     int    // bytes of the current server frame still to copy (or drop)
-	sDrop     bool   // the current server frame answers the proxy, not the client
-	hold      *checkState
-	chk       checkState // the one check in flight (see newCheck)
-	ending    bool       // the session is over once the output is written
-	endErr    error      // why it ended
+	cin, cout buffer    // bytes from and to the client
+	sin, sout buffer    // bytes from and to the server
+	cPass     int       // bytes of the current client frame still to copy to the server
+	sPass     int       // bytes of the current server frame still to copy (or drop)
+	sDrop     bool      // the current server frame answers the proxy, not the client
+	checks    checkSlot // the one checked statement in flight
+	ending    bool      // the session is over once the output is written
+	endErr    error     // why it ended
 	guard     *sessionGuard
 	queue     responseQueue
-	txStatus  byte // last ReadyForQuery status
+	txStatus  txStatus // last ReadyForQuery status
 
 	releaseSlot func()        // gives back the max_connections slot
 	relayDone   chan struct{} // closed by the loop when the session is gone

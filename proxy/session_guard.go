@@ -46,7 +46,7 @@ type boundPortal struct {
 // staleDetail decodes the expected version and key values from the Bind.
 func (bp *boundPortal) staleDetail() staleDetail {
 	var b pgproto3.Bind
-	if err := b.Decode(bp.bind[5:]); err != nil {
+	if err := b.Decode(frameBody(bp.bind)); err != nil {
 		return resolveDetail(bp.stmt, func(int) (string, bool) { return "", false })
 	}
 	return resolveDetail(bp.stmt, func(n int) (string, bool) {
@@ -100,7 +100,7 @@ func (g *sessionGuard) plan(sql string) (*rewrite.Plan, string) {
 	g.metrics.parseErrors.Add(1)
 	if g.onParseError == "reject" {
 		g.log.Warn("statement on a guarded table could not be parsed: refused", "err", err)
-		return nil, rejectSQL("54000", "pgoptimist: statement on a guarded table refused: "+err.Error())
+		return nil, rejectSQL(sqlstateProgramLimit, "pgoptimist: statement on a guarded table refused: "+err.Error())
 	}
 	g.log.Warn("statement on a guarded table could not be parsed: forwarded unguarded", "err", err)
 	return nil, ""

@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/pgoptimist/pgoptimist/rewrite"
 )
 
@@ -67,22 +68,22 @@ func decodeParam(val []byte, binaryFormat bool, oid uint32) (string, bool) {
 		return string(val), true
 	}
 	switch oid {
-	case 16, 25, 1043, 705: // bool/text/varchar/unknown: not a likely key, but text is text
-		if oid != 16 {
+	case pgtype.BoolOID, pgtype.TextOID, pgtype.VarcharOID, pgtype.UnknownOID: // not a likely key, but text is text
+		if oid != pgtype.BoolOID {
 			return string(val), true
 		}
-	case 2950: // uuid
+	case pgtype.UUIDOID:
 		if len(val) == 16 {
 			h := hex.EncodeToString(val)
 			return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:], true
 		}
-	case 1114, 1184: // timestamp, timestamptz: microseconds since 2000-01-01
+	case pgtype.TimestampOID, pgtype.TimestamptzOID: // microseconds since 2000-01-01
 		if len(val) == 8 {
 			us := int64(binary.BigEndian.Uint64(val))
 			t := time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(us) * time.Microsecond)
 			return t.Format("2006-01-02 15:04:05.999999Z07:00"), true
 		}
-	case 28: // xid
+	case pgtype.XIDOID:
 		if len(val) == 4 {
 			return strconv.FormatUint(uint64(binary.BigEndian.Uint32(val)), 10), true
 		}

@@ -300,9 +300,7 @@ func (s *session) authenticate() (ready []byte, err error) {
 				return nil, err
 			}
 		case 'Z':
-			if len(msg) == 6 {
-				s.txStatus = msg[5]
-			}
+			s.txStatus = readyStatus(msg)
 			return append([]byte(nil), msg...), nil
 		case 'E':
 			_, _ = s.cw.Write(msg)
