@@ -34,10 +34,22 @@ type ClientTLS struct {
 
 // Limits bound what one client may ask of the proxy.
 type Limits struct {
-	MaxConnections  int           `mapstructure:"max_connections"`
-	MaxMessageBytes int           `mapstructure:"max_message_bytes"`
-	MaxSQLBytes     int           `mapstructure:"max_sql_bytes"`
-	StartupTimeout  time.Duration `mapstructure:"startup_timeout"`
+	MaxConnections  int `mapstructure:"max_connections"`
+	MaxMessageBytes int `mapstructure:"max_message_bytes"`
+	MaxSQLBytes     int `mapstructure:"max_sql_bytes"`
+	// MaxBufferedBytes is the process-wide budget for client messages the
+	// proxy must hold whole (a guarded statement's text, the parameters of
+	// a guarded Bind) beyond each session's own buffers. A session whose
+	// message does not fit is ended with 53200.
+	MaxBufferedBytes int `mapstructure:"max_buffered_bytes"`
+	// MaxStartupConnections bounds the connections that have not finished
+	// logging in; more are refused at once with 53300.
+	MaxStartupConnections int `mapstructure:"max_startup_connections"`
+	// StartupTimeout bounds the wait for a client's startup packet.
+	StartupTimeout time.Duration `mapstructure:"startup_timeout"`
+	// LoginTimeout bounds the login that follows it (authentication and the
+	// guard's catalog checks), like PostgreSQL's authentication_timeout.
+	LoginTimeout time.Duration `mapstructure:"login_timeout"`
 }
 
 // Log configures structured logging.
@@ -93,10 +105,13 @@ func Defaults() Config {
 		},
 		TLS: ClientTLS{Mode: "disable"},
 		Limits: Limits{
-			MaxConnections:  1000,
-			MaxMessageBytes: 64 << 20, // 67108864
-			MaxSQLBytes:     1 << 20,  // 1048576
-			StartupTimeout:  10 * time.Second,
+			MaxConnections:        1000,
+			MaxMessageBytes:       64 << 20,  // 67108864
+			MaxSQLBytes:           1 << 20,   // 1048576
+			MaxBufferedBytes:      256 << 20, // 268435456
+			MaxStartupConnections: 256,
+			StartupTimeout:        10 * time.Second,
+			LoginTimeout:          60 * time.Second,
 		},
 		ShutdownTimeout: 30 * time.Second,
 		Log:             Log{Level: "info", Format: "text"},

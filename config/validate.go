@@ -114,8 +114,17 @@ func (c *Config) Validate() error {
 	if c.Limits.MaxSQLBytes <= 0 {
 		ps.add("limits.max_sql_bytes", "must be positive (got %d)", c.Limits.MaxSQLBytes)
 	}
+	if c.Limits.MaxBufferedBytes < c.Limits.MaxSQLBytes {
+		ps.add("limits.max_buffered_bytes", "must be at least limits.max_sql_bytes (%d; got %d)", c.Limits.MaxSQLBytes, c.Limits.MaxBufferedBytes)
+	}
+	if c.Limits.MaxStartupConnections <= 0 {
+		ps.add("limits.max_startup_connections", "must be positive (got %d)", c.Limits.MaxStartupConnections)
+	}
 	if c.Limits.StartupTimeout <= 0 {
 		ps.add("limits.startup_timeout", "must be positive (got %s)", c.Limits.StartupTimeout)
+	}
+	if c.Limits.LoginTimeout <= 0 {
+		ps.add("limits.login_timeout", "must be positive (got %s)", c.Limits.LoginTimeout)
 	}
 	if c.ShutdownTimeout <= 0 {
 		ps.add("shutdown_timeout", "must be positive (got %s)", c.ShutdownTimeout)
