@@ -85,6 +85,9 @@ func (pl *planner) resolve(rv *pg.RangeVar) *Policy {
 		}
 		return nil
 	}
+	if len(pl.path) > 0 && pl.path[0] == exactMark {
+		return resolveExact(pl.path, rv.Relname, cands)
+	}
 	for _, s := range pl.path {
 		for _, p := range cands {
 			if p.Schema == s {

@@ -148,9 +148,10 @@ func (r *Rewriter) MayTouch(sql string) bool { return r.match.match(sql) }
 // CacheStats reports the plan cache's hits and misses since New.
 func (r *Rewriter) CacheStats() (hits, misses uint64) { return r.hits.Load(), r.misses.Load() }
 
-// Plan parses sql and returns its rewrite plan. searchPath is the session's
-// effective search_path as a comma-separated list of schema names ("" means
-// "public"); it resolves unqualified table names. Plans are cached by
+// Plan parses sql and returns its rewrite plan. searchPath resolves
+// unqualified table names: the session's effective search_path as a
+// comma-separated list of schema names ("" means "public"), or what the
+// server said the guarded names resolve to (ExactPath). Plans are cached by
 // (searchPath, sql) and shared: callers must not modify them. A plan never
 // refers to the caller's memory (the text is copied). The error, if any, is
 // a *ParseError, or wraps ErrDeparse.
@@ -270,6 +271,9 @@ func (r *Rewriter) evictLocked(size int) {
 
 // parseSearchPath splits a resolved search_path.
 func parseSearchPath(sp string) []string {
+	if path, ok := exactEntries(sp); ok {
+		return path
+	}
 	var out []string
 	for _, s := range strings.Split(sp, ",") {
 		s = strings.TrimSpace(s)
