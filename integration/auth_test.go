@@ -329,14 +329,19 @@ func TestAuthUpstreamTLSRequired(t *testing.T) {
 	// The shared server has no TLS.
 	for _, mode := range []string{"require", "verify-full"} {
 		t.Run(mode, func(t *testing.T) {
-			p := authProxy(t, pg.Addr(), func(c *config.Config) { c.Upstream.TLS = mode })
+			cfg := newConfig(t, pg.Addr())
+			cfg.Upstream.TLS = mode
+			p, logs := startProxyCapture(t, cfg)
 			_, _, err := authTryConnect(t, dsn(p.Addr, "", "", "postgres"))
 			var pe *pgconn.PgError
 			if !errors.As(err, &pe) || pe.Code != "08006" || pe.Severity != "FATAL" {
 				t.Fatalf("upstream.tls=%s against a plain server: want FATAL 08006, got %v", mode, err)
 			}
-			if !strings.Contains(pe.Message, "TLS") {
-				t.Errorf("error message does not mention TLS: %q", pe.Message)
+			if strings.Contains(pe.Message, "TLS") || strings.Contains(pe.Message, pg.Addr()) {
+				t.Errorf("the client is told about the upstream: %q", pe.Message)
+			}
+			if !strings.Contains(logs.String(), "server does not support TLS") {
+				t.Errorf("log does not say why:\n%s", logs.String())
 			}
 		})
 	}

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -88,7 +89,38 @@ func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 // startProxy runs a proxy with cfg until the test ends.
 func startProxy(t testing.TB, cfg *config.Config) *proxyInstance {
 	t.Helper()
-	srv, err := proxy.New(cfg, testLogger(t))
+	return startProxyLogging(t, cfg, testLogger(t))
+}
+
+// logCapture keeps what a proxy logs, for tests that check it.
+type logCapture struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (c *logCapture) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.buf.Write(p)
+}
+
+func (c *logCapture) String() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.buf.String()
+}
+
+// startProxyCapture runs a proxy whose log (debug level) goes to the
+// returned capture.
+func startProxyCapture(t testing.TB, cfg *config.Config) (*proxyInstance, *logCapture) {
+	t.Helper()
+	c := &logCapture{}
+	return startProxyLogging(t, cfg, slog.New(slog.NewTextHandler(c, &slog.HandlerOptions{Level: slog.LevelDebug}))), c
+}
+
+func startProxyLogging(t testing.TB, cfg *config.Config, log *slog.Logger) *proxyInstance {
+	t.Helper()
+	srv, err := proxy.New(cfg, log)
 	if err != nil {
 		t.Fatalf("proxy.New: %v", err)
 	}

@@ -142,33 +142,6 @@ func hostileCases() []hostileCase {
 			plain:  hostileFatal, guarded: hostileFatal,
 		},
 		{
-			name: "startup_packet_too_short",
-			attack: func(t *testing.T, addr, db string) *relayRaw {
-				r := relayDial(t, addr)
-				r.writeRaw([]byte{0, 0, 0, 4})
-				return r
-			},
-			plain: hostileFatal, guarded: hostileFatal,
-		},
-		{
-			name: "startup_packet_too_long",
-			attack: func(t *testing.T, addr, db string) *relayRaw {
-				r := relayDial(t, addr)
-				r.writeRaw([]byte{0, 0x10, 0, 0, 0, 3, 0, 0})
-				return r
-			},
-			plain: hostileFatal, guarded: hostileFatal,
-		},
-		{
-			name: "startup_protocol_2",
-			attack: func(t *testing.T, addr, db string) *relayRaw {
-				r := relayDial(t, addr)
-				r.writeRaw([]byte{0, 0, 0, 9, 0, 2, 0, 0, 0})
-				return r
-			},
-			plain: hostileFatal, guarded: hostileFatal,
-		},
-		{
 			name: "startup_unterminated_parameters",
 			attack: func(t *testing.T, addr, db string) *relayRaw {
 				r := relayDial(t, addr)

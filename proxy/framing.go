@@ -26,11 +26,11 @@ func (s *session) processClient() {
 			}
 			continue
 		}
-		if s.checks.holding() {
+		if s.checks.holding() || s.own != nil {
 			return
 		}
 		d := s.cin.data()
-		typ, total, ok, err := frameHeader(d, s.cfg.Limits.MaxMessageBytes)
+		b, total, ok, err := frameHeader(d, s.cfg.Limits.MaxMessageBytes)
 		if !ok {
 			return
 		}
@@ -38,8 +38,17 @@ func (s *session) processClient() {
 			s.fatal(sqlstateProtocolViolation, err.Error(), errProtocol)
 			return
 		}
-		if !s.wantWhole(clientMsg(typ)) {
-			if !s.passClient(clientMsg(typ)) {
+		typ := clientMsg(b)
+		if g := s.guard; g != nil {
+			if g.res.unsure && (typ == msgQuery || typ == msgParse) {
+				if len(d) < total || s.resolveFirst(typ, d[:total]) {
+					return // the rest has not arrived, or the server is asked first
+				}
+			}
+			s.noteBatch(typ)
+		}
+		if !s.wantWhole(typ) {
+			if !s.passClient(typ) {
 				return
 			}
 			s.cPass = total
@@ -64,6 +73,17 @@ func (s *session) processClient() {
 
 var errProtocol = errors.New("protocol violation by the client")
 
+// noteBatch follows whether an extended-protocol batch is open: the proxy's
+// own questions must not end it (see resolveFirst).
+func (s *session) noteBatch(typ clientMsg) {
+	switch typ {
+	case msgParse, msgBind, msgExecute, msgDescribe, msgClose:
+		s.inBatch = true
+	case msgSync, msgQuery, msgFunctionCall:
+		s.inBatch = false
+	}
+}
+
 // wantWhole reports whether the proxy must see a client frame of type typ
 // whole before forwarding it.
 func (s *session) wantWhole(typ clientMsg) bool {
@@ -75,11 +95,11 @@ func (s *session) wantWhole(typ clientMsg) bool {
 	case msgQuery, msgParse:
 		return true
 	case msgBind:
-		return len(g.stmts) > 0
+		return len(g.stmts) > 0 || len(g.changers) > 0 || len(g.changerPortals) > 0
 	case msgExecute:
-		return len(g.portals) > 0
+		return len(g.portals) > 0 || len(g.changerPortals) > 0
 	case msgClose:
-		return len(g.stmts) > 0 || len(g.portals) > 0
+		return len(g.stmts) > 0 || len(g.portals) > 0 || len(g.changers) > 0 || len(g.changerPortals) > 0
 	}
 	return false
 }
@@ -166,6 +186,14 @@ func (s *session) processServer() {
 			return
 		}
 		typ := serverMsg(b)
+		if s.own != nil && s.ownAnswers(typ) {
+			if len(d) < total {
+				return
+			}
+			s.onOwnAnswer(typ, d[:total])
+			s.sin.consume(total)
+			continue
+		}
 		drop, whole := false, false
 		switch typ {
 		case msgRowDescription:

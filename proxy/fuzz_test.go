@@ -14,27 +14,39 @@ import (
 	"github.com/pgoptimist/pgoptimist/rewrite"
 )
 
+// testServer is a server without listener or loops, with no table
+// configured (sessions' guards are set by the tests).
+func testServer() *Server {
+	cfg := config.Defaults()
+	srv := &Server{log: slog.New(slog.NewTextHandler(io.Discard, nil)), metrics: newMetrics()}
+	srv.guards = newGuardRegistry(srv.log, srv.metrics)
+	srv.guards.setConfig(&cfg)
+	return srv
+}
+
 // testSession is a session with a guard and no connections: the relay's
 // state machine alone, fed bytes by the test.
 func testSession(t testing.TB) *session {
 	cfg := config.Defaults()
 	cfg.Limits.MaxMessageBytes = 1 << 16
-	srv := &Server{log: slog.New(slog.NewTextHandler(io.Discard, nil)), metrics: newMetrics()}
+	srv := testServer()
 	pol := rewrite.Policy{Schema: "public", Table: "address", Column: "version", Type: rewrite.TypeInteger, Key: []string{"id"}, Update: true, Delete: true}
 	req := pol
 	req.Table, req.Mode = "strict", rewrite.ModeRequired
 	return &session{
-		srv: srv, cfg: &cfg, txStatus: txIdle,
+		srv: srv, cfg: &cfg, txStatus: txIdle, guardGen: srv.guards.generation(),
 		guard: &sessionGuard{
-			rw:           rewrite.New([]rewrite.Policy{pol, req}, rewrite.Options{}),
-			searchPath:   "public",
-			staleCode:    "VL409",
-			requiredCode: "VL428",
-			onParseError: "forward",
-			log:          srv.log,
-			metrics:      srv.metrics,
-			stmts:        make(map[string]*prepared),
-			portals:      make(map[string]*boundPortal),
+			rw:             rewrite.New([]rewrite.Policy{pol, req}, rewrite.Options{}),
+			res:            resolution{path: "public"},
+			staleCode:      "VL409",
+			requiredCode:   "VL428",
+			onParseError:   "forward",
+			log:            srv.log,
+			metrics:        srv.metrics,
+			stmts:          make(map[string]*prepared),
+			portals:        make(map[string]*boundPortal),
+			changers:       make(map[string]struct{}),
+			changerPortals: make(map[string]struct{}),
 		},
 	}
 }

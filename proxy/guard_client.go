@@ -58,13 +58,25 @@ func (s *session) onQuery(msg []byte) error {
 		return protoErrorf("Query message without a string terminator")
 	}
 	sql := body[:len(body)-1]
+	err := s.guardQuery(msg, sql)
+	if rewrite.MayChangeResolution(unsafeString(sql)) {
+		s.guard.res.changed()
+	}
+	return err
+}
+
+// guardQuery sends a simple Query on, planned when it may touch a guarded
+// table, and checked or refused as its plan says.
+func (s *session) guardQuery(msg, sql []byte) error {
 	g := s.guard
 	if len(g.stmts) > 0 {
 		delete(g.stmts, "") // a simple query replaces the unnamed statement
-		if containsFold(sql, "discard") {
-			clear(g.stmts) // DISCARD ALL/PLANS may drop every prepared statement
+		if rewrite.DiscardsAll(unsafeString(sql)) {
+			clear(g.stmts)
+			clear(g.changers)
 		}
 	}
+	delete(g.changers, "")
 	if s.queue.skipping || !g.rw.NeedsPlan(unsafeString(sql)) {
 		s.queue.push(pending{kind: pendQuery})
 		s.sout.append(msg...)
@@ -233,6 +245,13 @@ func (s *session) onParse(msg []byte) error {
 		return protoErrorf("Parse: malformed parameter types")
 	}
 	g := s.guard
+	if rewrite.MayChangeResolution(unsafeString(query)) {
+		// Noted when prepared, and again at each execution (onExecute).
+		g.res.changed()
+		g.changers[string(name)] = struct{}{}
+	} else if len(g.changers) > 0 {
+		delete(g.changers, unsafeString(name))
+	}
 	prev := g.stmts[unsafeString(name)]
 	if prev != nil {
 		delete(g.stmts, unsafeString(name))
@@ -294,6 +313,13 @@ func (s *session) onBind(msg []byte) error {
 	}
 	if !ok {
 		return protoErrorf("Bind: missing string terminator")
+	}
+	if len(g.changers) > 0 || len(g.changerPortals) > 0 {
+		if _, ok := g.changers[unsafeString(stmtName)]; ok {
+			g.changerPortals[string(portal)] = struct{}{}
+		} else {
+			delete(g.changerPortals, unsafeString(portal))
+		}
 	}
 	prep := g.stmts[unsafeString(stmtName)]
 	if prep == nil {
@@ -369,6 +395,9 @@ func (s *session) onExecute(msg, rest []byte) (int, error) {
 	if !ok {
 		return 0, protoErrorf("Execute: missing string terminator")
 	}
+	if _, ok := g.changerPortals[unsafeString(portal)]; ok {
+		g.res.changed() // it may change the resolution: asked again before the next plan
+	}
 	bp := g.portals[unsafeString(portal)]
 	switch {
 	case bp == nil || (!bp.stmt.Checked && !bp.stmt.Refuse):
@@ -443,32 +472,13 @@ func (s *session) onClose(msg []byte) error {
 			switch frameBody(msg)[0] {
 			case targetStatement:
 				delete(s.guard.stmts, unsafeString(name))
+				delete(s.guard.changers, unsafeString(name))
 			case targetPortal:
 				delete(s.guard.portals, unsafeString(name))
+				delete(s.guard.changerPortals, unsafeString(name))
 			}
 		}
 	}
 	s.sout.append(msg...)
 	return nil
-}
-
-// containsFold reports whether b contains the lower-case ASCII word w,
-// ignoring case.
-func containsFold(b []byte, w string) bool {
-	for i := 0; i+len(w) <= len(b); i++ {
-		j := 0
-		for ; j < len(w); j++ {
-			c := b[i+j]
-			if 'A' <= c && c <= 'Z' {
-				c += 'a' - 'A'
-			}
-			if c != w[j] {
-				break
-			}
-		}
-		if j == len(w) {
-			return true
-		}
-	}
-	return false
 }

@@ -72,6 +72,7 @@ func (s *session) onError(msg []byte) {
 		for _, c := range s.queue.skipToSync() {
 			s.resolve(c, outcomeSkipped)
 		}
+		s.ownSkipped()
 	}
 }
 
@@ -101,6 +102,15 @@ func cleanError(msg []byte) []byte {
 // onReady handles ReadyForQuery: the end of a simple query or a Sync.
 func (s *session) onReady(msg []byte) {
 	s.txStatus = readyStatus(msg)
+	s.relayReady(msg)
+	if s.txStatus == txIdle {
+		s.atTxEnd()
+	}
+}
+
+// relayReady relays or withholds a ReadyForQuery and resolves the check it
+// ends, if any.
+func (s *session) relayReady(msg []byte) {
 	p, ok := s.queue.pop()
 	if ok && p.answer == answerReplaced {
 		return // the stale error and its own ReadyForQuery follow
@@ -163,4 +173,16 @@ func (s *session) afterCheck(c *checkState, out checkOutcome) error {
 		}
 	}
 	return nil
+}
+
+// atTxEnd runs at a ReadyForQuery outside a transaction block: what a
+// statement of the transaction did to name resolution may be undone, and
+// at an idle point (nothing in flight) the session follows a reload.
+func (s *session) atTxEnd() {
+	if s.guard != nil {
+		s.guard.res.txEnded()
+	}
+	if s.queue.len() == 0 && !s.checks.active && s.own == nil && s.srv.guards.generation() != s.guardGen {
+		s.followReload()
+	}
 }

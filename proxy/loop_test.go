@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"io"
-	"log/slog"
 	"net"
 	"testing"
 	"time"
@@ -38,7 +37,8 @@ func TestLoopRecoversSessionPanic(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ls.stop()
-	srv := &Server{log: slog.New(slog.NewTextHandler(io.Discard, nil)), metrics: newMetrics(), loops: ls}
+	srv := testServer()
+	srv.loops = ls
 
 	healthyClient, healthyServer, healthyDone := loopSession(t, srv, nil)
 	// A guard without a rewriter: the first Query dereferences nil.

@@ -169,6 +169,7 @@ const (
 	sqlstateTooManyConnections  = "53300"
 	sqlstateOutOfMemory         = "53200"
 	sqlstateAdminShutdown       = "57P01"
+	sqlstateCannotConnectNow    = "57P03"
 	sqlstateInvalidAuthSpec     = "28000"
 	sqlstateProgramLimit        = "54000"
 	sqlstateFeatureNotSupported = "0A000"

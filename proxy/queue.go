@@ -35,6 +35,9 @@ const (
 	// answerReplaced: a Sync whose ReadyForQuery is withheld, because a
 	// stale error and its own ReadyForQuery take its place.
 	answerReplaced
+	// answerOwn: a question of the proxy's own (ownquery.go); the whole
+	// answer is the proxy's.
+	answerOwn
 )
 
 // observation is what the server's answers to a simple query have shown so

@@ -1,40 +1,66 @@
 package proxy
 
 import (
+	"errors"
+	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/pgoptimist/pgoptimist/config"
 	"github.com/pgoptimist/pgoptimist/rewrite"
 )
 
 // The guard registry: the table policies of each database, completed from
-// the catalog (catalog.go) once per configuration, and handed to each
-// session as its sessionGuard (session_guard.go).
+// the catalog (catalog.go) once per configuration generation, and handed to
+// each session as its sessionGuard (session_guard.go). A reload starts a new
+// generation; open sessions move to it at their next idle point
+// (session.followReload), new ones start in it.
 
-// guardRegistry holds the table policies of each database, completed from
-// the catalog (OID, version column type, primary key) at first use.
+// guardRegistry holds the table policies of each database.
 type guardRegistry struct {
 	log     *slog.Logger
 	metrics *Metrics
 
+	gen atomic.Int64 // the configuration generation; read at every idle point
+
 	mu  sync.Mutex
 	cfg *config.Config
-	gen int
-	dbs map[string]*dbGuard
-}
-
-// dbGuard is the guard of one database for one configuration generation.
-type dbGuard struct {
-	mu          sync.Mutex // held while a session discovers the catalog
-	gen         int
-	complete    bool // every configured table was found
-	rw          *rewrite.Rewriter
-	sideEffects map[string]bool
+	dbs map[string]*dbGuard // of the current generation
 }
 
 func newGuardRegistry(log *slog.Logger, m *Metrics) *guardRegistry {
 	return &guardRegistry{log: log, metrics: m, dbs: make(map[string]*dbGuard)}
+}
+
+func (g *guardRegistry) setConfig(cfg *config.Config) {
+	g.mu.Lock()
+	g.cfg = cfg
+	g.dbs = make(map[string]*dbGuard)
+	g.gen.Add(1)
+	g.mu.Unlock()
+}
+
+// generation is the current configuration generation.
+func (g *guardRegistry) generation() int64 { return g.gen.Load() }
+
+// current returns the guard of a database in the current generation (nil
+// when no table is configured) and the generation.
+func (g *guardRegistry) current(database string) (*dbGuard, int64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	gen := g.gen.Load()
+	if len(g.cfg.Tables) == 0 {
+		return nil, gen
+	}
+	db := g.dbs[database]
+	if db == nil {
+		db = &dbGuard{gen: gen, cfg: g.cfg, database: database, log: g.log}
+		g.dbs[database] = db
+	}
+	return db, gen
 }
 
 // planCacheStats sums the plan cache counters of the current rewriters.
@@ -46,70 +72,165 @@ func (g *guardRegistry) planCacheStats() (hits, misses uint64) {
 	}
 	g.mu.Unlock()
 	for _, db := range dbs {
-		if !db.mu.TryLock() {
-			continue // discovering: no rewriter worth counting yet
-		}
-		if db.rw != nil {
-			h, m := db.rw.CacheStats()
+		if rw := db.rewriter(); rw != nil {
+			h, m := rw.CacheStats()
 			hits, misses = hits+h, misses+m
 		}
-		db.mu.Unlock()
 	}
 	return hits, misses
 }
 
-func (g *guardRegistry) setConfig(cfg *config.Config) {
-	g.mu.Lock()
-	g.cfg = cfg
-	g.gen++
-	g.dbs = make(map[string]*dbGuard)
-	g.mu.Unlock()
+// dbState is where a database's discovery stands.
+type dbState uint8
+
+const (
+	dbUnknown     dbState = iota // not asked yet, or the last attempt failed
+	dbDiscovering                // a session is asking the server
+	dbReady                      // facts known: kept until the next reload
+)
+
+// dbGuard is the guard of one database for one configuration generation.
+type dbGuard struct {
+	gen      int64
+	cfg      *config.Config
+	database string
+	log      *slog.Logger
+
+	mu    sync.Mutex
+	state dbState
+	done  chan struct{} // closed when the discovery in progress ends
+
+	// Set once when ready, then read-only.
+	rw          *rewrite.Rewriter // nil when no configured table exists here
+	facts       catalogFacts
+	relnames    []string // the guarded tables' unqualified names, each once
+	resolveSQL  string   // asks what each of relnames resolves to in a session
+	resolveCols int
 }
 
-// forSession returns the guard for a session that has just authenticated,
-// discovering the catalog through the session's own connection when this
-// database has not been seen yet (or some table was missing last time).
-// It returns nil when nothing is guarded in the database.
-func (g *guardRegistry) forSession(s *session) *sessionGuard {
-	g.mu.Lock()
-	cfg, gen := g.cfg, g.gen
-	if len(cfg.Tables) == 0 {
-		g.mu.Unlock()
-		return nil
-	}
-	db := g.dbs[s.database]
-	if db == nil {
-		db = &dbGuard{}
-		g.dbs[s.database] = db
-	}
-	g.mu.Unlock()
-
+func (db *dbGuard) rewriter() *rewrite.Rewriter {
 	db.mu.Lock()
-	if db.gen != gen || !db.complete {
-		rw, sideEffects, complete, err := g.discover(s, cfg)
-		if err != nil {
-			db.mu.Unlock()
-			g.log.Error("catalog discovery failed: this session's statements are not guarded", "database", s.database, "err", err)
-			g.metrics.discoveryErrors.Add(1)
-			return nil
-		}
-		db.rw, db.sideEffects, db.complete, db.gen = rw, sideEffects, complete, gen
+	defer db.mu.Unlock()
+	return db.rw
+}
+
+// status is the discovery state, for a session deciding at an idle point.
+func (db *dbGuard) status() dbState {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	return db.state
+}
+
+// begin claims the discovery for the caller; false when another session
+// has it or it is done.
+func (db *dbGuard) begin() bool {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.state != dbUnknown {
+		return false
 	}
-	rw, sideEffects := db.rw, db.sideEffects
-	db.mu.Unlock()
-	if rw == nil {
+	db.state, db.done = dbDiscovering, make(chan struct{})
+	return true
+}
+
+// finish ends the caller's discovery with the catalog's rows, or with the
+// error that stopped it (the next session tries again).
+func (db *dbGuard) finish(rows []catalogRow, err error) {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if err != nil {
+		db.state = dbUnknown
+	} else {
+		db.facts = buildFacts(db.cfg, rows, db.database, db.log)
+		if len(db.facts.policies) > 0 {
+			db.rw = rewrite.New(db.facts.policies, rewrite.Options{MaxSQLBytes: db.cfg.Limits.MaxSQLBytes})
+		}
+		db.relnames = db.relnames[:0]
+		for _, p := range db.facts.policies {
+			if !slices.Contains(db.relnames, p.Table) {
+				db.relnames = append(db.relnames, p.Table)
+			}
+		}
+		db.resolveSQL, db.resolveCols = resolveSQL(db.relnames), len(db.relnames)
+		db.state = dbReady
+	}
+	close(db.done)
+}
+
+// ensure makes the database's facts known, discovering them through the
+// session's own connection (still in its blocking startup phase) unless
+// another session is at it, in which case it waits for that one.
+func (db *dbGuard) ensure(s *session, deadline time.Time) error {
+	for {
+		db.mu.Lock()
+		switch db.state {
+		case dbReady:
+			db.mu.Unlock()
+			return nil
+		case dbDiscovering:
+			done := db.done
+			db.mu.Unlock()
+			select {
+			case <-done:
+			case <-time.After(time.Until(deadline)):
+				return errors.New("timed out waiting for another session's catalog discovery")
+			}
+			continue
+		}
+		db.state, db.done = dbDiscovering, make(chan struct{})
+		db.mu.Unlock()
+		rows, err := discoverBlocking(s, db.cfg)
+		db.finish(rows, err)
+		return err
+	}
+}
+
+// forSession returns the guard for a session that has just authenticated:
+// the database's facts (discovered now if this generation has not seen the
+// database yet) and this session's own resolution of the guarded names. It
+// returns nil when nothing is guarded in the database, and an error when
+// the guard cannot be set up: the session must then be refused, never run
+// unguarded.
+func (g *guardRegistry) forSession(s *session, deadline time.Time) (*sessionGuard, int64, error) {
+	db, gen := g.current(s.database)
+	if db == nil {
+		return nil, gen, nil
+	}
+	if err := db.ensure(s, deadline); err != nil {
+		g.metrics.discoveryErrors.Add(1)
+		return nil, gen, err
+	}
+	sg := g.newSessionGuard(db)
+	if sg == nil {
+		return nil, gen, nil
+	}
+	names, err := resolveBlocking(s, db)
+	if err != nil {
+		return nil, gen, fmt.Errorf("resolving the guarded table names: %w", err)
+	}
+	sg.res.path = rewrite.ExactPath(names)
+	return sg, gen, nil
+}
+
+// newSessionGuard makes a session's guard from a database's facts; nil when
+// no configured table exists there.
+func (g *guardRegistry) newSessionGuard(db *dbGuard) *sessionGuard {
+	if db.rw == nil {
 		return nil
 	}
+	cfg := db.cfg
 	return &sessionGuard{
-		rw:           rw,
-		searchPath:   s.user + ",public",
-		staleCode:    cfg.Guard.StaleSQLState,
-		requiredCode: cfg.Guard.RequiredSQLState,
-		onParseError: cfg.Guard.OnParseError,
-		log:          g.log,
-		metrics:      g.metrics,
-		sideEffects:  sideEffects,
-		stmts:        make(map[string]*prepared),
-		portals:      make(map[string]*boundPortal),
+		db:             db,
+		rw:             db.rw,
+		staleCode:      cfg.Guard.StaleSQLState,
+		requiredCode:   cfg.Guard.RequiredSQLState,
+		onParseError:   cfg.Guard.OnParseError,
+		log:            g.log,
+		metrics:        g.metrics,
+		sideEffects:    db.facts.sideEffects,
+		stmts:          make(map[string]*prepared),
+		portals:        make(map[string]*boundPortal),
+		changers:       make(map[string]struct{}),
+		changerPortals: make(map[string]struct{}),
 	}
 }

@@ -33,8 +33,12 @@ type Server struct {
 	closing  bool
 	wg       sync.WaitGroup
 
-	active  atomic.Int64
-	cancels sync.Map // string(backend key data) → struct{}: keys of live sessions
+	active       atomic.Int64
+	startupSlots slotCounter // connections that have not finished logging in
+	buffered     byteBudget  // whole client messages held beyond the sessions' buffers
+	startupLog   logThrottle // sessions that end during startup: a summary, not a flood
+	acceptLog    logThrottle
+	cancels      sync.Map // string(backend key data) → struct{}: keys of live sessions
 }
 
 // New builds a server from a validated configuration.
@@ -44,6 +48,8 @@ func New(cfg *config.Config, log *slog.Logger) (*Server, error) {
 		metrics:  newMetrics(),
 		sessions: make(map[*session]struct{}),
 	}
+	s.startupLog.interval = 10 * time.Second
+	s.acceptLog.interval = 10 * time.Second
 	s.guards = newGuardRegistry(log, s.metrics)
 	s.metrics.planCache = s.guards.planCacheStats
 	loops, err := newLoopSet(defaultLoops())

@@ -35,12 +35,13 @@ type session struct {
 	database  string
 
 	// Startup phase: buffered, blocking I/O on the connections.
-	cr *frameReader  // from the client
-	sw *bufio.Writer // to the server
-	sr *frameReader  // from the server
-	cw *bufio.Writer // to the client
+	clientIn *bufio.Reader // the client's bytes from its first on
+	cr       *frameReader  // from the client
+	sw       *bufio.Writer // to the server
+	sr       *frameReader  // from the server
+	cw       *bufio.Writer // to the client
 
-	// Relay phase: driven by an event loop (relay.go, loop_linux.go), one
+	// Relay phase: driven by an event loop (framing.go, loop_linux.go), one
 	// event at a time, so the protocol state below needs no locking.
 	cin, cout buffer    // bytes from and to the client
 	sin, sout buffer    // bytes from and to the server
@@ -51,6 +52,9 @@ type session struct {
 	ending    bool      // the session is over once the output is written
 	endErr    error     // why it ended
 	guard     *sessionGuard
+	guardGen  int64     // the configuration generation of guard (see followReload)
+	own       *ownQuery // the proxy's own question in flight (ownquery.go)
+	inBatch   bool      // extended-protocol messages were sent since the last Sync
 	queue     responseQueue
 	txStatus  txStatus // last ReadyForQuery status
 
@@ -80,15 +84,69 @@ func (s *session) run() {
 			s.srv.cancels.Delete(s.cancelKey)
 		}
 	}()
-	if err := s.start(); err != nil || s.server == nil { // no server: a CancelRequest, already forwarded
-		s.logEnd("session startup failed", err)
+	err := s.start()
+	if err != nil {
+		s.logStartupEnd(err) // first: once the client knows, the log is complete
+		s.tellClient(err)
 		return
+	}
+	if s.server == nil {
+		return // a CancelRequest, forwarded
 	}
 	s.srv.metrics.sessionsTotal.Add(1)
 	s.srv.metrics.sessionsActive.Add(1)
 	defer s.srv.metrics.sessionsActive.Add(-1)
-	err := s.relay()
+	err = s.relay()
 	s.logEnd("session ended", err)
+}
+
+// fatalError ends a session during startup. PostgreSQL answers some bad
+// input with a FATAL ErrorResponse and closes on other input without a
+// word; the proxy does the same, so code is empty where the server is
+// silent. cause is what the log gets (it may name the upstream, which the
+// client is not told).
+type fatalError struct {
+	code  string // SQLSTATE; "" closes silently
+	msg   string
+	cause error
+	v2    bool // in protocol 2's format, for a client that asked for it
+}
+
+func (e *fatalError) Error() string {
+	if e.cause != nil {
+		return e.cause.Error()
+	}
+	return e.msg
+}
+
+func (e *fatalError) Unwrap() error { return e.cause }
+
+// fatalf is a FATAL for the client with the message also as the cause.
+func fatalf(code, format string, args ...any) *fatalError {
+	msg := fmt.Sprintf(format, args...)
+	return &fatalError{code: code, msg: msg, cause: errors.New(msg)}
+}
+
+// silent closes without a word, as PostgreSQL does for what cause says.
+func silent(cause error) *fatalError { return &fatalError{cause: cause} }
+
+// tellClient is the one place a session that ends during startup tells the
+// client why: one FATAL ErrorResponse at most, with its SQLSTATE.
+func (s *session) tellClient(err error) {
+	var fe *fatalError
+	var pe *protocolError
+	switch {
+	case errors.As(err, &fe):
+		switch {
+		case fe.code == "":
+		case fe.v2:
+			_, _ = s.client.Write([]byte("EFATAL:  " + fe.msg + "\n\x00"))
+		default:
+			_ = writeFatal(s.client, fe.code, fe.msg)
+		}
+	case errors.As(err, &pe):
+		_ = writeFatal(s.client, sqlstateProtocolViolation, pe.Error())
+	}
 }
 
 func (s *session) logEnd(what string, err error) {
@@ -103,7 +161,25 @@ func (s *session) logEnd(what string, err error) {
 	s.srv.log.Info(what, "client", s.client.RemoteAddr().String(), "user", s.user, "database", s.database, "err", err)
 }
 
-// closeConns ends the session from outside the relay (forced shutdown).
+// logStartupEnd logs a session that ended before its relay began. Clients
+// that go away or are refused by the server are routine (debug); hostile or
+// timed-out connections come in floods, so they are summarised.
+func (s *session) logStartupEnd(err error) {
+	var pe *protocolError
+	if errors.As(err, &pe) || errors.Is(err, errProtocol) {
+		s.srv.metrics.protocolErrors.Add(1)
+	}
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) || errors.Is(err, errServerRefused) {
+		s.srv.log.Debug("session ended during startup", "user", s.user, "database", s.database, "err", err)
+		return
+	}
+	if ok, suppressed := s.srv.startupLog.allow(time.Now()); ok {
+		s.srv.log.Info("session ended during startup", "client", s.client.RemoteAddr().String(), "user", s.user, "database", s.database, "err", err, "similar_lines_suppressed", suppressed)
+	}
+}
+
+// closeConns ends the session from outside the relay (forced shutdown):
+// a relaying session's client gets FATAL 57P01 first, as from PostgreSQL.
 func (s *session) closeConns() {
 	s.lifeMu.Lock()
 	defer s.lifeMu.Unlock()
@@ -113,7 +189,7 @@ func (s *session) closeConns() {
 	s.closed = true
 	if l := s.lp; l != nil {
 		// Posted after the adoption's own post, so it finds the session.
-		l.post(func() { l.closeSession(s, errShutdown) })
+		l.post(func() { l.terminate(s) })
 		return
 	}
 	s.client.Close()
@@ -124,25 +200,25 @@ func (s *session) closeConns() {
 
 var errShutdown = errors.New("closed by shutdown")
 
-// start runs the startup phase: client negotiation, limits, the upstream
-// connection, authentication and guard discovery, ending with the first
-// ReadyForQuery relayed to the client.
+// start runs the startup phase: client negotiation (bounded by
+// limits.startup_timeout), then limits, the upstream connection,
+// authentication and the guard's catalog checks (bounded by
+// limits.login_timeout), ending with the first ReadyForQuery relayed to the
+// client. Its errors say what the client is told (tellClient).
 func (s *session) start() error {
-	deadline := time.Now().Add(s.cfg.Limits.StartupTimeout)
-	_ = s.client.SetDeadline(deadline)
+	if !s.srv.startupSlots.acquire(s.cfg.Limits.MaxStartupConnections) {
+		s.srv.metrics.refusedTooMany.Add(1)
+		return fatalf(sqlstateTooManyConnections, "sorry, too many clients already")
+	}
+	defer s.srv.startupSlots.release()
+	_ = s.client.SetDeadline(time.Now().Add(s.cfg.Limits.StartupTimeout))
 	pkt, cancel, err := s.negotiateClient()
 	if err != nil || cancel {
-		var pe *protocolError
-		if errors.As(err, &pe) {
-			_ = writeFatal(s.client, "08P01", pe.Error())
-		}
 		return err
 	}
-	params, err := startupParams(pkt)
-	if err != nil {
-		_ = writeFatal(s.client, "08P01", err.Error())
-		return err
-	}
+	// A packet PostgreSQL would refuse for its layout goes to the server,
+	// which answers it as it would directly; the names are for the logs.
+	params, _ := startupParams(pkt)
 	s.user, s.database = params["user"], params["database"]
 	if s.database == "" {
 		s.database = s.user
@@ -150,22 +226,26 @@ func (s *session) start() error {
 	if n := s.srv.active.Add(1); n > int64(s.cfg.Limits.MaxConnections) {
 		s.srv.active.Add(-1)
 		s.srv.metrics.refusedTooMany.Add(1)
-		_ = writeFatal(s.client, "53300", "sorry, too many clients already")
-		return fmt.Errorf("refused: %d client connections (limits.max_connections)", n-1)
+		return &fatalError{code: sqlstateTooManyConnections, msg: "sorry, too many clients already",
+			cause: fmt.Errorf("refused: %d client connections (limits.max_connections)", n-1)}
 	}
 	s.srv.activeHeld(s)
 
-	server, err := s.srv.dialUpstream(s.set, time.Until(deadline))
+	deadline := time.Now().Add(s.cfg.Limits.LoginTimeout)
+	_ = s.client.SetDeadline(deadline)
+	server, err := s.srv.dialUpstream(s.set, min(time.Until(deadline), s.cfg.Limits.StartupTimeout))
 	if err != nil {
 		s.srv.metrics.upstreamErrors.Add(1)
-		_ = writeFatal(s.client, "08006", fmt.Sprintf("pgoptimist: upstream %s unreachable: %v", s.cfg.Upstream.Address, err))
-		return fmt.Errorf("upstream %s: %w", s.cfg.Upstream.Address, err)
+		// The client is not told where the server is or why the
+		// connection failed; the log is.
+		return &fatalError{code: sqlstateConnectionFailure, msg: "pgoptimist: could not connect to the database server",
+			cause: fmt.Errorf("upstream %s: %w", s.cfg.Upstream.Address, err)}
 	}
 	s.server = server
 	_ = s.server.SetDeadline(deadline)
 	s.sw = bufio.NewWriterSize(s.server, writeBufSize)
 	s.cw = bufio.NewWriterSize(s.client, writeBufSize)
-	s.cr = &frameReader{r: bufio.NewReaderSize(s.client, readBufSize), flush: s.sw, maxSize: s.cfg.Limits.MaxMessageBytes}
+	s.cr = &frameReader{r: s.clientIn, flush: s.sw, maxSize: s.cfg.Limits.MaxMessageBytes}
 	s.sr = &frameReader{r: bufio.NewReaderSize(s.server, readBufSize), flush: s.cw}
 
 	if _, err := s.sw.Write(pkt); err != nil {
@@ -176,13 +256,14 @@ func (s *session) start() error {
 	}
 	ready, err := s.authenticate()
 	if err != nil {
-		var pe *protocolError
-		if errors.As(err, &pe) {
-			_ = writeFatal(s.client, "08P01", pe.Error())
-		}
 		return err
 	}
-	s.guard = s.srv.guards.forSession(s)
+	s.guard, s.guardGen, err = s.srv.guards.forSession(s, deadline)
+	if err != nil {
+		return &fatalError{code: sqlstateCannotConnectNow,
+			msg:   "pgoptimist: cannot check the guarded tables of this database; the session is refused rather than run unguarded",
+			cause: fmt.Errorf("guard discovery: %w", err)}
+	}
 	if _, err := s.cw.Write(ready); err != nil {
 		return err
 	}
@@ -208,6 +289,12 @@ func (s *session) relay() error {
 		return err
 	}
 	<-s.relayDone
+	if q := s.own; q != nil {
+		// The loop is done with the session: end its question, so a
+		// discovery it had claimed goes to the next session.
+		s.own = nil
+		q.done(errors.New("session ended"))
+	}
 	// TLS bridges end when their peers close; one that stays silent is
 	// closed after a moment, so its pumping goroutines cannot outlive the
 	// session.
@@ -234,4 +321,22 @@ func (s *session) end(err error) {
 	if !s.ending {
 		s.ending, s.endErr = true, err
 	}
+}
+
+// terminate ends a relaying session for a forced shutdown: the client gets
+// FATAL 57P01, as PostgreSQL's clients do when an administrator stops the
+// server, unless a server frame is half copied to it (the FATAL would land
+// inside it).
+func (l *loop) terminate(s *session) {
+	if l.ref(s.cfd).s != s {
+		return
+	}
+	if s.sPass == 0 {
+		s.cout.append(encodeError("FATAL", sqlstateAdminShutdown, "terminating connection due to administrator command", "", "")...)
+		_ = writeOut(s.cfd, &s.cout)
+	}
+	if s.cPass == 0 && s.sout.len() == 0 {
+		_ = writeOut(s.sfd, &buffer{b: append([]byte(nil), terminateFrame...)})
+	}
+	l.closeSession(s, errShutdown)
 }

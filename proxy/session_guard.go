@@ -14,8 +14,9 @@ import (
 // sessionGuard is one session's view of the guard: the rewriter for its
 // database and the guarded prepared statements and portals it has made.
 type sessionGuard struct {
+	db           *dbGuard // the database's facts, of one configuration generation
 	rw           *rewrite.Rewriter
-	searchPath   string
+	res          resolution // how the session's unqualified guarded names resolve
 	staleCode    string
 	requiredCode string
 	onParseError string
@@ -25,6 +26,10 @@ type sessionGuard struct {
 	sideEffects map[string]bool // tables with statement-level triggers or rules
 	stmts       map[string]*prepared
 	portals     map[string]*boundPortal
+	// Prepared statements and portals that may change the resolution when
+	// executed (SET search_path, set_config ... prepared by the client).
+	changers       map[string]struct{}
+	changerPortals map[string]struct{}
 }
 
 // prepared is a guarded prepared statement (protocol or SQL level: they
@@ -92,7 +97,7 @@ func (g *sessionGuard) quietWhenEmpty(st *rewrite.Statement) bool {
 // returns a nil plan and, under on_parse_error: reject, the statement that
 // raises the refusal (forward: "", and the caller forwards the text as is).
 func (g *sessionGuard) plan(sql string) (*rewrite.Plan, string) {
-	plan, err := g.rw.Plan(sql, g.searchPath)
+	plan, err := g.rw.Plan(sql, g.res.path)
 	if err == nil {
 		g.metrics.planned.Add(1)
 		return plan, ""
@@ -125,4 +130,58 @@ func (g *sessionGuard) trackPrepared(plan *rewrite.Plan) {
 			}
 		}
 	}
+}
+
+// followReload moves an idle session to the current configuration
+// generation: the database's facts are taken from the registry when some
+// session has discovered them, or discovered now through this session's
+// connection (it is idle: the question disturbs nothing), or, while
+// another session is at it, at a later idle point. Statements prepared
+// before keep the plan they were prepared under; every statement planned
+// from now on follows the new policies.
+func (s *session) followReload() {
+	reg := s.srv.guards
+	db, gen := reg.current(s.database)
+	if db == nil {
+		s.guard, s.guardGen = nil, gen
+		return
+	}
+	switch db.status() {
+	case dbReady:
+		s.adoptGuard(db, gen)
+	case dbUnknown:
+		if !db.begin() {
+			return
+		}
+		rows := make([]catalogRow, len(db.cfg.Tables))
+		s.askOwn(&ownQuery{
+			sql:   catalogSQL(db.cfg),
+			onRow: func(v [][]byte) error { return parseCatalogRow(v, rows) },
+			done: func(err error) {
+				if err != nil {
+					reg.metrics.discoveryErrors.Add(1)
+					s.srv.log.Warn("catalog discovery after a reload failed; the session keeps its policies and tries again at its next idle point", "database", s.database, "err", err)
+					db.finish(nil, err)
+					return
+				}
+				db.finish(rows, nil)
+				if s.txStatus == txIdle {
+					s.adoptGuard(db, gen)
+				}
+			},
+		})
+	}
+}
+
+// adoptGuard makes a database's current facts the session's guard.
+func (s *session) adoptGuard(db *dbGuard, gen int64) {
+	sg := s.srv.guards.newSessionGuard(db)
+	if sg != nil {
+		if old := s.guard; old != nil {
+			sg.stmts, sg.portals = old.stmts, old.portals
+			sg.changers, sg.changerPortals = old.changers, old.changerPortals
+		}
+		sg.res.unsure = true // the new names are asked before the next planned statement
+	}
+	s.guard, s.guardGen, s.inBatch = sg, gen, false
 }

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/tls"
 	"crypto/x509"
@@ -18,19 +19,28 @@ import (
 	"github.com/pgoptimist/pgoptimist/config"
 )
 
-// readStartupPacket reads one length-prefixed startup-phase packet.
+// readStartupPacket reads one length-prefixed startup-phase packet. Like
+// PostgreSQL, it closes without a word on a connection that ends early or
+// announces an impossible length (a client that sends Terminate before its
+// StartupMessage does exactly that).
 func readStartupPacket(r io.Reader) ([]byte, error) {
 	var h [4]byte
 	if _, err := io.ReadFull(r, h[:]); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil, silent(errors.New("incomplete startup packet"))
+		}
 		return nil, err
 	}
 	n := int(int32(binary.BigEndian.Uint32(h[:])))
 	if n < 8 || n > maxStartupPacket {
-		return nil, protoErrorf("invalid startup packet length %d", n)
+		return nil, silent(protoErrorf("invalid length of startup packet (%d)", n))
 	}
 	b := make([]byte, n)
 	copy(b, h[:])
 	if _, err := io.ReadFull(r, b[4:]); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			return nil, silent(errors.New("incomplete startup packet"))
+		}
 		return nil, err
 	}
 	return b, nil
@@ -60,49 +70,65 @@ func startupParams(pkt []byte) (map[string]string, error) {
 
 // negotiateClient runs the client's side of the startup phase up to its
 // StartupMessage: SSLRequest (TLS when configured), GSSENCRequest (refused)
-// and CancelRequest (forwarded; the session then ends).
+// and CancelRequest (forwarded; the session then ends). It answers as
+// PostgreSQL does: each negotiation once, nothing read ahead of an answer
+// (bytes that came with the request were not encrypted), and a protocol
+// other than 3.x refused with the server's own FATAL.
 func (s *session) negotiateClient() (startup []byte, cancel bool, err error) {
-	tlsDone := false
+	sslDone, gssDone := false, false
+	s.clientIn = bufio.NewReaderSize(s.client, readBufSize)
 	for {
-		pkt, err := readStartupPacket(s.client)
+		pkt, err := readStartupPacket(s.clientIn)
 		if err != nil {
 			return nil, false, err
 		}
 		code := binary.BigEndian.Uint32(pkt[4:8])
 		switch {
-		case code == codeSSLRequest && len(pkt) == 8:
+		case code == codeSSLRequest && !sslDone:
 			tc := s.set.clientTLS
-			if tlsDone || tc == nil {
-				if _, err := s.client.Write([]byte{'N'}); err != nil {
-					return nil, false, err
-				}
-				continue
+			sslDone = true
+			answer := byte('N')
+			if tc != nil {
+				answer = 'S'
 			}
-			if _, err := s.client.Write([]byte{'S'}); err != nil {
+			if _, err := s.client.Write([]byte{answer}); err != nil {
 				return nil, false, err
+			}
+			if s.clientIn.Buffered() > 0 {
+				return nil, false, fatalf(sqlstateProtocolViolation, "received unencrypted data after SSL request")
+			}
+			if tc == nil {
+				continue
 			}
 			tconn := tls.Server(s.client, tc)
 			if err := tconn.Handshake(); err != nil {
-				return nil, false, fmt.Errorf("client TLS handshake: %w", err)
+				return nil, false, silent(fmt.Errorf("client TLS handshake: %w", err))
 			}
 			s.client = tconn
-			tlsDone = true
-		case code == codeGSSENCRequest && len(pkt) == 8:
+			s.clientIn = bufio.NewReaderSize(s.client, readBufSize)
+			gssDone = true // PostgreSQL takes no GSSENCRequest inside TLS
+		case code == codeGSSENCRequest && !gssDone:
+			gssDone = true
 			if _, err := s.client.Write([]byte{'N'}); err != nil {
 				return nil, false, err
+			}
+			if s.clientIn.Buffered() > 0 {
+				return nil, false, fatalf(sqlstateProtocolViolation, "received unencrypted data after GSSAPI encryption request")
 			}
 		case code == codeCancelRequest:
 			s.srv.forwardCancel(s, pkt)
 			return nil, true, nil
 		case code>>16 == 3:
-			if s.cfg.TLS.Mode == "require" && !tlsDone {
-				_ = writeFatal(s.client, "28000", "pgoptimist requires TLS: connect with sslmode=require")
-				return nil, false, errors.New("plain client refused: tls.mode is require")
+			if _, isTLS := s.client.(*tls.Conn); s.cfg.TLS.Mode == "require" && !isTLS {
+				return nil, false, &fatalError{code: sqlstateInvalidAuthSpec, msg: "pgoptimist requires TLS: connect with sslmode=require",
+					cause: errors.New("plain client refused: tls.mode is require")}
 			}
 			return pkt, false, nil
 		default:
-			_ = writeFatal(s.client, "08P01", fmt.Sprintf("unsupported frontend protocol %d.%d", code>>16, code&0xffff))
-			return nil, false, protoErrorf("unsupported startup code %d", code)
+			return nil, false, &fatalError{code: sqlstateFeatureNotSupported,
+				msg:   fmt.Sprintf("unsupported frontend protocol %d.%d: server supports 3.0 to 3.0", code>>16, code&0xffff),
+				cause: protoErrorf("unsupported startup code %d", code),
+				v2:    code>>16 < 3}
 		}
 	}
 }
@@ -115,6 +141,7 @@ func (srv *Server) forwardCancel(s *session, pkt []byte) {
 		srv.log.Debug("cancel request with an unknown key ignored")
 		return
 	}
+	srv.log.Debug("cancel request forwarded")
 	conn, err := srv.dialUpstream(s.set, s.cfg.Limits.StartupTimeout)
 	if err != nil {
 		srv.log.Warn("forwarding cancel request", "err", err)
@@ -261,20 +288,20 @@ func (s *session) authenticate() (ready []byte, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("reading from server during startup: %w", err)
 		}
-		switch msg[0] {
-		case 'R':
-			if len(msg) < 9 {
+		switch serverMsg(msg[0]) {
+		case msgAuthentication:
+			if len(msg) < headerLen+4 {
 				return nil, errors.New("server sent a short authentication request")
 			}
-			code := binary.BigEndian.Uint32(msg[5:9])
-			if code == 10 { // AuthenticationSASL
+			code := binary.BigEndian.Uint32(frameBody(msg))
+			if code == authSASL {
 				msg = stripChannelBinding(msg)
 			}
 			if _, err := s.cw.Write(msg); err != nil {
 				return nil, err
 			}
 			switch code {
-			case 0, 12: // AuthenticationOk, SASLFinal: nothing to answer
+			case authOK, authSASLFinal: // nothing to answer
 				continue
 			}
 			if err := s.cw.Flush(); err != nil {
@@ -284,8 +311,10 @@ func (s *session) authenticate() (ready []byte, err error) {
 			if err != nil {
 				return nil, fmt.Errorf("reading client authentication: %w", err)
 			}
-			if resp[0] != 'p' {
-				return nil, protoErrorf("expected a password message, got %q", resp[0])
+			if clientMsg(resp[0]) != msgPasswordMessage {
+				return nil, &fatalError{code: sqlstateProtocolViolation,
+					msg:   fmt.Sprintf("expected password response, got message type %d", resp[0]),
+					cause: protoErrorf("expected a password message, got %q", resp[0])}
 			}
 			if _, err := s.sw.Write(resp); err != nil {
 				return nil, err
@@ -293,16 +322,16 @@ func (s *session) authenticate() (ready []byte, err error) {
 			if err := s.sw.Flush(); err != nil {
 				return nil, err
 			}
-		case 'K':
-			s.cancelKey = string(msg[5:])
+		case msgBackendKeyData:
+			s.cancelKey = string(frameBody(msg))
 			s.srv.cancels.Store(s.cancelKey, struct{}{})
 			if _, err := s.cw.Write(msg); err != nil {
 				return nil, err
 			}
-		case 'Z':
+		case msgReadyForQuery:
 			s.txStatus = readyStatus(msg)
 			return append([]byte(nil), msg...), nil
-		case 'E':
+		case msgErrorResponse:
 			_, _ = s.cw.Write(msg)
 			_ = s.cw.Flush()
 			return nil, errServerRefused
@@ -319,7 +348,7 @@ var errServerRefused = errors.New("server refused the connection")
 // stripChannelBinding removes SCRAM-SHA-256-PLUS from an AuthenticationSASL.
 func stripChannelBinding(msg []byte) []byte {
 	var mechs [][]byte
-	b := msg[9:]
+	b := msg[headerLen+4:]
 	for len(b) > 0 && b[0] != 0 {
 		m, rest, ok := cstringBytes(b)
 		if !ok {
@@ -330,7 +359,7 @@ func stripChannelBinding(msg []byte) []byte {
 		}
 		b = rest
 	}
-	body := []byte{0, 0, 0, 10}
+	body := binary.BigEndian.AppendUint32(nil, authSASL)
 	for _, m := range mechs {
 		body = append(append(body, m...), 0)
 	}

@@ -1,0 +1,196 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgoptimist/pgoptimist/rewrite"
+)
+
+// Name resolution follows the session. Which table an unqualified name
+// means is the server's business: it depends on the session's search_path
+// (set at connect time by options, ALTER ROLE or ALTER DATABASE, changed by
+// SET, SET LOCAL, RESET, set_config, undone by a rollback), on the role
+// behind "$user", on temporary tables and on which schemas hold a table of
+// that name. So the proxy does not work it out: it asks the server
+// (pg_catalog.to_regclass of each guarded name, under the session's own
+// settings, which is exactly what the session's statements will get) at
+// session start, and again before it plans a statement after anything that
+// may have changed the answer (rewrite.MayChangeResolution, or the end of a
+// transaction in which such a statement ran). The answer is the rewriter's
+// exact path: plans are cached per answer.
+
+// resolution is a session's knowledge of how its guarded names resolve.
+type resolution struct {
+	path    string // rewrite.ExactPath of the server's last answer
+	unsure  bool   // something since may have changed it: ask before planning
+	inTx    bool   // such a statement ran in the open transaction, whose end may undo it
+	pending bool   // a question is on its way to the server
+}
+
+// changed notes a statement that may change the resolution.
+func (r *resolution) changed() { r.unsure, r.inTx = true, true }
+
+// txEnded notes a transaction's end: what a statement in it changed may be
+// undone (ROLLBACK, SET LOCAL).
+func (r *resolution) txEnded() {
+	if r.inTx {
+		r.unsure, r.inTx = true, false
+	}
+}
+
+// resolveSQL asks what each name resolves to, one column per name: the OID
+// of the relation the session reaches by that unqualified name, or NULL.
+// pg_catalog-qualified, so a session's own functions cannot stand in.
+func resolveSQL(relnames []string) string {
+	if len(relnames) == 0 {
+		return ""
+	}
+	cols := make([]string, len(relnames))
+	for i, n := range relnames {
+		cols[i] = "pg_catalog.to_regclass(" + quoteLiteral(quoteIdent(n)) + ")::pg_catalog.oid"
+	}
+	return "SELECT " + strings.Join(cols, ", ")
+}
+
+// resolvedNames turns the answer to resolveSQL into the rewriter's terms:
+// each name to the schema of the guarded table it reaches, or "".
+func (db *dbGuard) resolvedNames(values [][]byte) (map[string]string, error) {
+	if len(values) != len(db.relnames) {
+		return nil, errors.New("unexpected resolution row")
+	}
+	names := make(map[string]string, len(values))
+	for i, v := range values {
+		names[db.relnames[i]] = ""
+		if v == nil {
+			continue
+		}
+		oid, err := strconv.ParseUint(string(v), 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("unexpected resolution value %q", v)
+		}
+		if p := db.facts.oids[uint32(oid)]; p != nil && p.Table == db.relnames[i] {
+			names[db.relnames[i]] = p.Schema
+		}
+	}
+	return names, nil
+}
+
+// resolveBlocking asks during startup, before the client's first
+// ReadyForQuery: the session is idle, and a SELECT of two functions
+// changes nothing.
+func resolveBlocking(s *session, db *dbGuard) (map[string]string, error) {
+	b, _ := (&pgproto3.Query{String: db.resolveSQL}).Encode(nil)
+	if _, err := s.sw.Write(b); err != nil {
+		return nil, err
+	}
+	if err := s.sw.Flush(); err != nil {
+		return nil, err
+	}
+	var names map[string]string
+	var qerr error
+	for {
+		msg, err := s.sr.next()
+		if err != nil {
+			return nil, err
+		}
+		switch serverMsg(msg[0]) {
+		case msgDataRow:
+			var dr pgproto3.DataRow
+			if err := dr.Decode(frameBody(msg)); err != nil {
+				return nil, err
+			}
+			if names, err = db.resolvedNames(dr.Values); err != nil && qerr == nil {
+				qerr = err
+			}
+		case msgErrorResponse:
+			var er pgproto3.ErrorResponse
+			_ = er.Decode(frameBody(msg))
+			if qerr == nil {
+				qerr = fmt.Errorf("%s (SQLSTATE %s)", er.Message, er.Code)
+			}
+		case msgReadyForQuery:
+			if qerr == nil && names == nil {
+				qerr = errors.New("no resolution row")
+			}
+			return names, qerr
+		}
+	}
+}
+
+// resolveFirst is called with a whole Query or Parse while the session's
+// resolution is unsure. It reports whether the frame must wait: when the
+// statement will be planned, the proxy first asks the server, at a point
+// where the question disturbs nothing.
+func (s *session) resolveFirst(typ clientMsg, msg []byte) bool {
+	g := s.guard
+	if g.res.pending {
+		return true
+	}
+	sql, ok := statementText(typ, msg)
+	if !ok || !g.rw.NeedsPlan(unsafeString(sql)) {
+		return false // not planned: nothing to resolve (a malformed frame fails later)
+	}
+	if s.inBatch {
+		// Inside an extended-protocol batch the question goes in line,
+		// as extended messages: a simple Query would end the batch's
+		// implicit transaction.
+		s.askOwn(&ownQuery{sql: g.db.resolveSQL, extended: true, onRow: s.onResolution, done: s.resolutionDone})
+		g.res.pending = true
+		return true
+	}
+	if s.queue.len() > 0 {
+		return true // asked when the answers in flight are in (the status is then current)
+	}
+	if s.txStatus == txFailed {
+		// Nothing can be asked in a failed transaction, and every
+		// statement but a rollback fails there: plan as last known.
+		g.res.unsure = false
+		return false
+	}
+	s.askOwn(&ownQuery{sql: g.db.resolveSQL, onRow: s.onResolution, done: s.resolutionDone})
+	g.res.pending = true
+	return true
+}
+
+func (s *session) onResolution(values [][]byte) error {
+	names, err := s.guard.db.resolvedNames(values)
+	if err != nil {
+		return err
+	}
+	s.guard.res.path = rewrite.ExactPath(names)
+	s.guard.res.unsure = false
+	return nil
+}
+
+func (s *session) resolutionDone(err error) {
+	g := s.guard
+	g.res.pending = false
+	if err != nil {
+		// Not answered (the batch failed before it, or the server
+		// refused): the statement waiting for it will not run either, or
+		// fails the same way; the next one asks again.
+		s.srv.log.Debug("resolution of the guarded names failed", "user", s.user, "database", s.database, "err", err)
+		if g.res.unsure {
+			g.res.unsure = false // for the statement waiting now
+			g.res.inTx = true    // asked again at the transaction's end
+		}
+	}
+}
+
+// statementText is the SQL text of a whole Query or Parse frame.
+func statementText(typ clientMsg, msg []byte) ([]byte, bool) {
+	body := frameBody(msg)
+	if typ == msgParse {
+		_, rest, ok := cstringBytes(body)
+		if !ok {
+			return nil, false
+		}
+		body = rest
+	}
+	sql, _, ok := cstringBytes(body)
+	return sql, ok
+}
