@@ -22,10 +22,11 @@
 //	-bin           SOAK_BIN           bin/pgoptimist
 //	-duration      SOAK_DURATION      3m     load phase
 //	-sessions      SOAK_SESSIONS      300    concurrent client sessions
-//	-rows          SOAK_ROWS          64     ledger rows (fewer: more conflicts)
-//	-think         SOAK_THINK         50ms   mean pause between units of work
+//	-rows          SOAK_ROWS          256    ledger rows (fewer: more conflicts)
+//	-think         SOAK_THINK         250ms  mean pause between units of work
 //	-reload-every  SOAK_RELOAD_EVERY  15s    configuration reloads (0: none)
 //	-restart       SOAK_RESTART       true   restart the server halfway
+//	-unguarded     SOAK_UNGUARDED     false  guard no table: the soak must then fail
 package main
 
 import (
@@ -55,6 +56,7 @@ type settings struct {
 	think       time.Duration
 	reloadEvery time.Duration
 	restart     bool
+	unguarded   bool
 	opTimeout   time.Duration
 }
 
@@ -90,12 +92,13 @@ func parseSettings() (settings, error) {
 	flag.StringVar(&s.bin, "bin", envStr("SOAK_BIN", "bin/pgoptimist"), "pgoptimist binary")
 	flag.DurationVar(&s.duration, "duration", envDur("SOAK_DURATION", 3*time.Minute), "length of the load phase")
 	flag.IntVar(&s.sessions, "sessions", envInt("SOAK_SESSIONS", 300), "concurrent client sessions")
-	flag.IntVar(&s.rows, "rows", envInt("SOAK_ROWS", 64), "ledger rows")
-	flag.DurationVar(&s.think, "think", envDur("SOAK_THINK", 50*time.Millisecond), "mean pause between units of work of a session")
+	flag.IntVar(&s.rows, "rows", envInt("SOAK_ROWS", 256), "ledger rows")
+	flag.DurationVar(&s.think, "think", envDur("SOAK_THINK", 250*time.Millisecond), "mean pause between units of work of a session")
 	flag.DurationVar(&s.reloadEvery, "reload-every", envDur("SOAK_RELOAD_EVERY", 15*time.Second), "interval between configuration reloads (0: none)")
 	flag.BoolVar(&s.restart, "restart", envStr("SOAK_RESTART", "true") != "false" && os.Getenv("SOAK_RESTART") != "0", "restart the server halfway")
+	flag.BoolVar(&s.unguarded, "unguarded", envStr("SOAK_UNGUARDED", "false") == "true" || os.Getenv("SOAK_UNGUARDED") == "1", "guard no table, to see the soak catch lost updates")
 	flag.Parse()
-	s.opTimeout = 30 * time.Second
+	s.opTimeout = 60 * time.Second
 	if len(errs) > 0 {
 		return s, fmt.Errorf("%s", strings.Join(errs, "; "))
 	}
@@ -220,7 +223,7 @@ func run(set settings, clean *cleanups) bool {
 
 	// --- the proxy ---------------------------------------------------------
 	ctx, cancel = context.WithTimeout(context.Background(), time.Minute)
-	px, err := startProxy(ctx, bin, dir, pg.Addr())
+	px, err := startProxy(ctx, bin, dir, pg.Addr(), set.unguarded)
 	cancel()
 	if err != nil {
 		return failSetup("start the proxy", err)
@@ -402,6 +405,15 @@ load:
 		}
 	}
 
+	// Every other reload guards the audit table: sessions opened under such
+	// a configuration increment its version on UPDATE, so some must have.
+	auditBumped, err := countAuditBumped(pg)
+	if err != nil {
+		s.fail(fmt.Sprintf("read the audit table: %v", err))
+	} else if !set.unguarded && reloadsSent > 0 && s.ops[opAudit].Load() > 0 && auditBumped == 0 {
+		s.fail("no audit row has a version above 1: the reloaded configuration guarding it never took effect")
+	}
+
 	proxyStopped = true
 	if err := px.stop(40 * time.Second); err != nil {
 		s.fail(err.Error())
@@ -432,10 +444,12 @@ load:
 		fmt.Printf(" %s %d", opNames[k], s.ops[k].Load())
 	}
 	fmt.Println()
+	fmt.Printf("  latency            %s\n", s.latencySummary())
 	fmt.Printf("  sessions opened    %d (proxy: %s)\n", s.sessions.Load(), metrics["pgoptimist_sessions_total"])
 	fmt.Printf("  conflicts (VL409)  %d seen and retried by the clients, %d writes given up after %d attempts; proxy counted %s\n",
-		s.conflicts.Load(), s.gaveUp.Load(), maxAttempts, metrics[`pgoptimist_stale_conflicts_total{table="public.ledger"}`])
-	fmt.Printf("  reloads            %d sent (SIGHUP), %d applied, %d refused\n", reloadsSent, reloadsApplied, len(reloadErrors))
+		s.conflicts.Load(), s.gaveUp.Load(), maxAttempts, orZero(metrics[`pgoptimist_stale_conflicts_total{table="public.ledger"}`]))
+	fmt.Printf("  reloads            %d sent (SIGHUP), %d applied, %d refused; %d audit rows incremented while the reload guarded it\n",
+		reloadsSent, reloadsApplied, len(reloadErrors), auditBumped)
 	if set.restart {
 		fmt.Printf("  server restart     at %s, took %s; errors it caused (allowed): %s; proxy upstream errors %s\n",
 			(set.duration / 2).Round(time.Second), restartTook.Round(time.Millisecond), s.restartErrSummary(), metrics["pgoptimist_upstream_errors_total"])
@@ -448,7 +462,7 @@ load:
 		len(table), balanceSum, confirmed, uncertain, verdict)
 	fmt.Printf("  proxy memory       idle %.1f MiB; %d sessions open %.1f MiB (%.1f KiB per session); peak RSS %.1f MiB sampled, VmHWM %.1f MiB (%.1f KiB per session); after all closed %.1f MiB\n",
 		mib(idleRSS), openSessions, mib(openRSS), perSession(openRSS-idleRSS, openSessions),
-		mib(peakRSS), mib(hwm), perSession(hwm-idleRSS, int64(set.sessions)), mib(closedRSS))
+		mib(peakRSS), mib(hwm), perSession(max(hwm, peakRSS)-idleRSS, int64(set.sessions)), mib(closedRSS))
 	fmt.Printf("  proxy log          %s\n", levelSummary(levels))
 	for i, m := range msgs {
 		if i == 8 {
@@ -496,6 +510,20 @@ INSERT INTO audit (note) SELECT 'seed' FROM generate_series(1, %d);`, initialVer
 	return version, err
 }
 
+// countAuditBumped counts the audit rows whose version moved.
+func countAuditBumped(pg *pgtemp.Server) (int64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, pg.SocketDSN("", "soak"))
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(ctx)
+	var n int64
+	err = conn.QueryRow(ctx, "SELECT count(*) FROM audit WHERE version > 1").Scan(&n)
+	return n, err
+}
+
 // readLedger reads the whole ledger directly from the server.
 func readLedger(pg *pgtemp.Server) (map[int]row, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -525,6 +553,21 @@ func (s *soak) totalOps() int64 {
 		n += s.ops[k].Load()
 	}
 	return n
+}
+
+func (s *soak) latencySummary() string {
+	var parts []string
+	lower := "0"
+	for i := range s.latency {
+		upper := "inf"
+		if i < len(latencyBounds) {
+			upper = latencyBounds[i].String()
+		}
+		parts = append(parts, fmt.Sprintf("[%s,%s) %d", lower, upper, s.latency[i].Load()))
+		lower = upper
+	}
+	return fmt.Sprintf("per unit of work, retries included: %s; max %s",
+		strings.Join(parts, " "), time.Duration(s.maxLatency.Load()).Round(time.Millisecond))
 }
 
 func (s *soak) failureCount() int {
@@ -579,6 +622,13 @@ func levelSummary(levels map[string]int) string {
 		return "empty"
 	}
 	return strings.Join(parts, ", ") + " lines"
+}
+
+func orZero(v string) string {
+	if v == "" {
+		return "0"
+	}
+	return v
 }
 
 func mib(kib int64) float64 { return float64(kib) / 1024 }

@@ -30,6 +30,7 @@ type proxyProc struct {
 	addr       string // client listener, 127.0.0.1:port
 	metrics    string // metrics listener, 127.0.0.1:port
 	upstream   string
+	unguarded  bool // guard nothing (to see the soak catch lost updates)
 
 	logDone chan struct{} // closed when the log reader has seen the end of stderr
 
@@ -43,8 +44,9 @@ type proxyProc struct {
 
 // proxyConfig is the configuration file the soak gives the proxy. The ledger
 // is guarded in every version; withAudit adds the audit table, so reloads
-// change the policies that new sessions get.
-func proxyConfig(listen, metrics, upstream string, withAudit bool) []byte {
+// change the policies that new sessions get. unguarded guards no table at
+// all, to see the soak fail.
+func proxyConfig(listen, metrics, upstream string, withAudit, unguarded bool) []byte {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, `# written by the soak (bench/cmd/soak)
 listen: %s
@@ -56,11 +58,12 @@ log:
   level: info
 metrics:
   listen: %s
-tables:
-  - name: public.ledger
-    column: version
-    mode: explicit
 `, listen, upstream, metrics)
+	if unguarded {
+		b.WriteString("tables: []\n")
+		return b.Bytes()
+	}
+	b.WriteString("tables:\n  - name: public.ledger\n    column: version\n    mode: explicit\n")
 	if withAudit {
 		b.WriteString("  - name: public.audit\n    column: version\n    statements: [update]\n")
 	}
@@ -69,7 +72,7 @@ tables:
 
 // startProxy starts bin, writing its configuration and log into dir, and
 // waits until it listens.
-func startProxy(ctx context.Context, bin, dir, upstream string) (*proxyProc, error) {
+func startProxy(ctx context.Context, bin, dir, upstream string, unguarded bool) (*proxyProc, error) {
 	listen, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -84,6 +87,7 @@ func startProxy(ctx context.Context, bin, dir, upstream string) (*proxyProc, err
 		addr:       listen,
 		metrics:    metrics,
 		upstream:   upstream,
+		unguarded:  unguarded,
 		logDone:    make(chan struct{}),
 		levels:     map[string]int{},
 		errorMsgs:  map[string]int{},
@@ -128,7 +132,7 @@ func startProxy(ctx context.Context, bin, dir, upstream string) (*proxyProc, err
 // operator's tooling would.
 func (p *proxyProc) writeConfig(withAudit bool) error {
 	tmp := p.configPath + ".tmp"
-	if err := os.WriteFile(tmp, proxyConfig(p.addr, p.metrics, p.upstream, withAudit), 0o644); err != nil {
+	if err := os.WriteFile(tmp, proxyConfig(p.addr, p.metrics, p.upstream, withAudit, p.unguarded), 0o644); err != nil {
 		return err
 	}
 	return os.Rename(tmp, p.configPath)

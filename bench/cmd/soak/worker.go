@@ -65,6 +65,10 @@ type soak struct {
 	conflicts atomic.Int64
 	// gaveUp counts writes abandoned after maxAttempts conflicts in a row.
 	gaveUp atomic.Int64
+	// latency counts units of work by how long they took (retries
+	// included), in the buckets of latencyBounds and one beyond.
+	latency    [len(latencyBounds) + 1]atomic.Int64
+	maxLatency atomic.Int64 // nanoseconds
 
 	mu             sync.Mutex
 	restarting     bool
@@ -72,6 +76,23 @@ type soak struct {
 	restartErrs    map[string]int // errors allowed because of the restart, by label and where
 	failures       int
 	failureSamples []string
+}
+
+// latencyBounds are the upper bounds of the latency buckets.
+var latencyBounds = [...]time.Duration{10 * time.Millisecond, 100 * time.Millisecond, time.Second, 10 * time.Second}
+
+func (s *soak) observe(d time.Duration) {
+	i := 0
+	for i < len(latencyBounds) && d >= latencyBounds[i] {
+		i++
+	}
+	s.latency[i].Add(1)
+	for {
+		m := s.maxLatency.Load()
+		if int64(d) <= m || s.maxLatency.CompareAndSwap(m, int64(d)) {
+			return
+		}
+	}
 }
 
 // restartGrace is how long after the restart has finished a session may
@@ -183,7 +204,9 @@ func (w *session) run(n int) {
 	for i := 0; i < n && !w.s.stopping.Load(); i++ {
 		kind := w.pickOp()
 		ctx, cancel := context.WithTimeout(context.Background(), w.s.set.opTimeout)
+		began := time.Now()
 		err := w.do(ctx, kind)
+		w.s.observe(time.Since(began))
 		cancel()
 		w.s.ops[kind].Add(1)
 		if err != nil {
