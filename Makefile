@@ -55,3 +55,11 @@ ensure-bench-deps:
 
 clean:
 	rm -rf bin
+
+# A few minutes of mixed load and faults against bin/pgoptimist (bench/cmd/soak):
+# a ledger that must lose no update, reloads, a server restart; prints the
+# proxy's memory. Not part of `make test`. SOAK_DURATION (3m), SOAK_SESSIONS
+# (300), SOAK_ROWS, SOAK_THINK, SOAK_RELOAD_EVERY, SOAK_RESTART configure it.
+.PHONY: soak
+soak: ensure-postgres build
+	$(GO) run ./bench/cmd/soak -bin $(BIN)

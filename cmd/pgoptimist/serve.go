@@ -50,6 +50,7 @@ func newLogger(cfg *config.Config) *slog.Logger {
 // ready, when not nil, receives the listening address.
 func serve(ctx context.Context, cfg *config.Config, fs *pflag.FlagSet, ready func(addr string)) error {
 	log := newLogger(cfg)
+	raiseFileLimit(log, cfg.Limits.MaxConnections)
 	srv, err := proxy.New(cfg, log)
 	if err != nil {
 		return &exitError{code: 2, err: err}
