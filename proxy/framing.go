@@ -95,7 +95,10 @@ func (s *session) wantWhole(typ clientMsg) bool {
 	case msgQuery, msgParse:
 		return true
 	case msgBind:
-		return len(g.stmts) > 0 || len(g.changers) > 0 || len(g.changerPortals) > 0
+		// Also while guarded portals exist: a Bind of an unguarded
+		// statement to such a portal's name must clear its entry, or its
+		// next Execute would be checked (a false stale error).
+		return len(g.stmts) > 0 || len(g.portals) > 0 || len(g.changers) > 0 || len(g.changerPortals) > 0
 	case msgExecute:
 		return len(g.portals) > 0 || len(g.changerPortals) > 0
 	case msgClose:
