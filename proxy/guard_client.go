@@ -92,25 +92,28 @@ func (s *session) guardQuery(msg, sql []byte) error {
 		s.sout.append(msg...)
 		return nil
 	}
+	if len(plan.Statements) > 1 && rewrite.MayChangeResolution(unsafeString(sql)) {
+		// A statement of this query may change what the names of the
+		// statements after it resolve to: each of those is planned when
+		// its turn comes, after asking the server (continuePipeline).
+		if base, err := g.rw.Plan(unsafeString(sql), rewrite.ExactPath(nil)); err == nil && laterNeedsPlan(g, base) {
+			delete(g.stmts, "")
+			delete(g.portals, "")
+			t := &translation{plan: base, acts: make([]action, len(base.Statements)), dynamic: true}
+			for i := range base.Statements {
+				t.acts[i] = g.actionFor(&base.Statements[i])
+			}
+			return s.continuePipeline(t)
+		}
+	}
 	g.trackPrepared(plan)
 
 	// What each statement needs at run time: a check, a refusal, or nothing.
 	acts := make([]action, len(plan.Statements))
 	need := false
 	for i := range plan.Statements {
-		st := &plan.Statements[i]
-		eff := st
-		if st.Kind == rewrite.KindExecute {
-			if p := g.stmts[st.ExecuteName]; p != nil {
-				eff = p.plan
-			}
-		}
-		acts[i] = action{stmt: eff, refuse: eff.Refuse}
-		if eff.Checked {
-			acts[i].source = st
-			acts[i].check = true
-		}
-		need = need || eff.Refuse || eff.Checked
+		acts[i] = g.actionFor(&plan.Statements[i])
+		need = need || acts[i].refuse || acts[i].check
 	}
 	if !need {
 		s.queue.push(pending{kind: pendQuery})
@@ -155,11 +158,76 @@ type action struct {
 	source *rewrite.Statement // the statement as written (an EXECUTE carries the values)
 }
 
+// actionFor is what a planned statement needs at run time: a check, a
+// refusal, or nothing. An EXECUTE takes its prepared statement's plan.
+func (g *sessionGuard) actionFor(st *rewrite.Statement) action {
+	eff := st
+	if st.Kind == rewrite.KindExecute {
+		if p := g.stmts[st.ExecuteName]; p != nil {
+			eff = p.plan
+		}
+	}
+	a := action{stmt: eff, refuse: eff.Refuse}
+	if eff.Checked {
+		a.source, a.check = st, true
+	}
+	return a
+}
+
+// laterNeedsPlan reports whether a statement after the first of a plan
+// made without resolving any name would be planned.
+func laterNeedsPlan(g *sessionGuard, base *rewrite.Plan) bool {
+	for i := 1; i < len(base.Statements); i++ {
+		if base.Statements[i].Policy == nil && g.rw.NeedsPlan(base.Statements[i].SQL) {
+			return true
+		}
+	}
+	return false
+}
+
 // translation is a multi-statement simple query being run as a pipeline.
 type translation struct {
 	plan *rewrite.Plan
 	acts []action
 	next int
+	// dynamic: plan holds the statements as written (planned without
+	// resolving a name); each that names a guarded table unqualified is
+	// planned when its turn comes, under the resolution in force then.
+	dynamic bool
+}
+
+// planInTurn plans statement i of a dynamic translation under the current
+// resolution. It reports false when the server must be asked first (the
+// pipeline then goes on when the answer is in), and the refusal statement
+// of on_parse_error: reject, if any.
+func (s *session) planInTurn(t *translation, i int) (bool, string) {
+	g := s.guard
+	src := t.plan.Statements[i].SQL
+	if t.plan.Statements[i].Policy != nil || !g.rw.NeedsPlan(src) {
+		return true, ""
+	}
+	if g.res.unsure {
+		if !g.res.pending {
+			g.res.pending = true
+			s.askOwn(&ownQuery{sql: g.db.resolveSQL, extended: true, onRow: s.onResolution, done: func(err error) {
+				s.resolutionDone(err)
+				if err := s.continuePipeline(t); err != nil {
+					s.end(err)
+				}
+			}})
+		}
+		return false, ""
+	}
+	p, reject := g.plan(src)
+	if p == nil {
+		return true, reject
+	}
+	if len(p.Statements) == 1 {
+		g.trackPrepared(p)
+		t.plan.Statements[i] = p.Statements[0]
+		t.acts[i] = g.actionFor(&t.plan.Statements[i])
+	}
+	return true, ""
 }
 
 // continuePipeline sends the translated query's statements from t.next on,
@@ -168,6 +236,19 @@ func (s *session) continuePipeline(t *translation) error {
 	g := s.guard
 	for t.next < len(t.acts) {
 		i := t.next
+		if t.dynamic {
+			ready, reject := s.planInTurn(t, i)
+			if !ready {
+				return nil
+			}
+			if reject != "" {
+				t.next = len(t.acts)
+				if err := s.raiseInPipeline("", reject); err != nil {
+					return err
+				}
+				break
+			}
+		}
 		t.next++
 		a := t.acts[i]
 		if a.refuse {
@@ -182,6 +263,9 @@ func (s *session) continuePipeline(t *translation) error {
 		s.queue.push(pending{kind: pendDescribe, answer: answerProxy})
 		if err := s.send(&pgproto3.Parse{Query: t.plan.Statements[i].SQL}, &pgproto3.Bind{}, &pgproto3.Describe{ObjectType: targetPortal}, &pgproto3.Execute{}); err != nil {
 			return err
+		}
+		if t.dynamic && rewrite.MayChangeResolution(t.plan.Statements[i].SQL) {
+			g.res.changed()
 		}
 		if !a.check {
 			s.queue.push(pending{kind: pendExecute})

@@ -138,8 +138,8 @@ func (s *session) resolveFirst(typ clientMsg, msg []byte) bool {
 		// Inside an extended-protocol batch the question goes in line,
 		// as extended messages: a simple Query would end the batch's
 		// implicit transaction.
+		g.res.pending = true // before: askOwn may call done at once
 		s.askOwn(&ownQuery{sql: g.db.resolveSQL, extended: true, onRow: s.onResolution, done: s.resolutionDone})
-		g.res.pending = true
 		return true
 	}
 	if s.queue.len() > 0 {
@@ -151,8 +151,8 @@ func (s *session) resolveFirst(typ clientMsg, msg []byte) bool {
 		g.res.unsure = false
 		return false
 	}
-	s.askOwn(&ownQuery{sql: g.db.resolveSQL, onRow: s.onResolution, done: s.resolutionDone})
 	g.res.pending = true
+	s.askOwn(&ownQuery{sql: g.db.resolveSQL, onRow: s.onResolution, done: s.resolutionDone})
 	return true
 }
 
