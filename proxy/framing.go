@@ -40,6 +40,14 @@ func (s *session) processClient() {
 		}
 		typ := clientMsg(b)
 		if g := s.guard; g != nil {
+			if typ == msgQuery && total-headerLen-1 > s.cfg.Limits.MaxSQLBytes && g.onParseError == "forward" {
+				// Longer than the parser takes (limits.max_sql_bytes), so
+				// forwarded unguarded whatever it says: copied through
+				// as it arrives rather than held whole.
+				s.streamQuery()
+				s.cPass = total
+				continue
+			}
 			if g.res.unsure && (typ == msgQuery || typ == msgParse) {
 				if len(d) < total || s.resolveFirst(typ, d[:total]) {
 					return // the rest has not arrived, or the server is asked first
@@ -55,10 +63,14 @@ func (s *session) processClient() {
 			continue
 		}
 		if len(d) < total {
+			if total > highWater && s.reserved == 0 && !s.reserve(total) {
+				return
+			}
 			return // the rest has not arrived
 		}
 		extra, err := s.handleClient(d[:total], d[total:])
 		s.cin.consume(total + extra)
+		s.unreserve()
 		if err != nil {
 			var pe *protocolError
 			if errors.As(err, &pe) {
@@ -72,6 +84,41 @@ func (s *session) processClient() {
 }
 
 var errProtocol = errors.New("protocol violation by the client")
+
+// reserve takes room for a frame of total bytes, which must be held whole,
+// from the process-wide budget (limits.max_buffered_bytes); without room the
+// session ends with 53200, and the process does not grow.
+func (s *session) reserve(total int) bool {
+	if s.srv.buffered.reserve(int64(total), int64(s.cfg.Limits.MaxBufferedBytes)) {
+		s.reserved = int64(total)
+		return true
+	}
+	s.cout.append(encodeError("FATAL", sqlstateOutOfMemory, "out of memory",
+		fmt.Sprintf("pgoptimist: no room to hold a message of %d bytes (limits.max_buffered_bytes)", total), "")...)
+	s.end(errOverBudget)
+	return false
+}
+
+// unreserve gives the frame's room back once it is handled.
+func (s *session) unreserve() {
+	if s.reserved > 0 {
+		s.srv.buffered.give(s.reserved)
+		s.reserved = 0
+	}
+}
+
+var errOverBudget = errors.New("a message over the process-wide budget for buffered bytes")
+
+// streamQuery records a simple Query copied through unread: what the proxy
+// would have learnt from its text is assumed at its most cautious.
+func (s *session) streamQuery() {
+	g := s.guard
+	s.queue.push(pending{kind: pendQuery})
+	delete(g.stmts, "")
+	delete(g.changers, "")
+	g.res.changed()
+	s.inBatch = false
+}
 
 // noteBatch follows whether an extended-protocol batch is open: the proxy's
 // own questions must not end it (see resolveFirst).

@@ -398,7 +398,7 @@ func (l *loop) flush(s *session) {
 		return
 	}
 	cev := uint32(unix.EPOLLRDHUP)
-	if s.sout.len() < highWater && (s.cin.len() < highWater || s.cPass > 0 || !s.checks.holding() && s.cin.len() < s.cfg.Limits.MaxMessageBytes+5) && !s.ending {
+	if s.sout.len() < highWater && s.queue.len() < maxInFlight && (s.cin.len() < highWater || s.cPass > 0 || !s.checks.holding() && s.cin.len() < s.cfg.Limits.MaxMessageBytes+5) && !s.ending {
 		cev |= unix.EPOLLIN
 	}
 	if s.cout.len() > 0 {

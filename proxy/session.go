@@ -55,6 +55,7 @@ type session struct {
 	guardGen  int64     // the configuration generation of guard (see followReload)
 	own       *ownQuery // the proxy's own question in flight (ownquery.go)
 	inBatch   bool      // extended-protocol messages were sent since the last Sync
+	reserved  int64     // bytes of Server.buffered held for the frame being gathered
 	queue     responseQueue
 	txStatus  txStatus // last ReadyForQuery status
 
@@ -289,6 +290,7 @@ func (s *session) relay() error {
 		return err
 	}
 	<-s.relayDone
+	s.unreserve()
 	if q := s.own; q != nil {
 		// The loop is done with the session: end its question, so a
 		// discovery it had claimed goes to the next session.
