@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"encoding/binary"
+	"time"
 	"unsafe"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -409,7 +410,7 @@ func (s *session) onExecute(msg, rest []byte) (int, error) {
 // newCheck returns the session's check state, reset. One is enough: a
 // check holds the client's later frames until it is resolved.
 func (s *session) newCheck(kind checkKind, st *rewrite.Statement) *checkState {
-	s.chk = checkState{kind: kind, stmt: st}
+	s.chk = checkState{kind: kind, stmt: st, sent: time.Now()}
 	return &s.chk
 }
 

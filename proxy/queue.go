@@ -1,6 +1,10 @@
 package proxy
 
-import "github.com/pgoptimist/pgoptimist/rewrite"
+import (
+	"time"
+
+	"github.com/pgoptimist/pgoptimist/rewrite"
+)
 
 // pendingKind is a request whose response the server has yet to send.
 type pendingKind uint8
@@ -50,6 +54,7 @@ type checkState struct {
 	source   *rewrite.Statement // simple query paths: the statement as written
 	portal   *boundPortal       // extended protocol: values from the Bind
 	pipeline *translation       // checkPipeline: the statements still to send
+	sent     time.Time          // when the statement went to the server (metrics)
 }
 
 // staleDetail returns the values the stale error names.

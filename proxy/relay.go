@@ -267,6 +267,7 @@ func (s *session) wantComplete() bool {
 // resolve delivers a checked statement's outcome and lets the client's held
 // messages go on.
 func (s *session) resolve(c *checkState, out checkOutcome) {
+	s.srv.metrics.checked(c.stmt.Policy, out, c.sent)
 	if s.hold == c {
 		s.hold = nil
 	}

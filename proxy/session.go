@@ -84,6 +84,7 @@ func (s *session) run() {
 	s.srv.metrics.sessionsTotal.Add(1)
 	s.srv.metrics.sessionsActive.Add(1)
 	defer s.srv.metrics.sessionsActive.Add(-1)
+	defer s.srv.metrics.sessionEnded(time.Now())
 	err := s.relay()
 	s.logEnd("session ended", err)
 }

@@ -96,6 +96,7 @@ func (s *session) negotiateClient() (startup []byte, cancel bool, err error) {
 			return nil, true, nil
 		case code>>16 == 3:
 			if s.cfg.TLS.Mode == "require" && !tlsDone {
+				s.srv.metrics.refusedTLS.Add(1)
 				_ = writeFatal(s.client, "28000", "pgoptimist requires TLS: connect with sslmode=require")
 				return nil, false, errors.New("plain client refused: tls.mode is require")
 			}
@@ -307,6 +308,7 @@ func (s *session) authenticate() (ready []byte, err error) {
 		case 'E':
 			_, _ = s.cw.Write(msg)
 			_ = s.cw.Flush()
+			s.srv.metrics.refusedByServer.Add(1)
 			return nil, errServerRefused
 		default: // ParameterStatus, NoticeResponse, NegotiateProtocolVersion
 			if _, err := s.cw.Write(msg); err != nil {
