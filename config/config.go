@@ -81,7 +81,7 @@ type Table struct {
 	Scope      string   `mapstructure:"scope"`      // transaction | session
 }
 
-// Table policy defaults (see DESIGN.md, "Table policies").
+// Table policy defaults (see docs/configuration.md, "Table policies").
 const (
 	DefaultSchema = "public"
 	DefaultColumn = "version"

@@ -1,6 +1,10 @@
 package proxy
 
-import "github.com/pgoptimist/pgoptimist/rewrite"
+import (
+	"time"
+
+	"github.com/pgoptimist/pgoptimist/rewrite"
+)
 
 // The check in flight: a guarded statement whose zero-row result is a
 // conflict, sent by one of four paths (checkKind), with the outcome the
@@ -24,6 +28,7 @@ type checkState struct {
 	source   *rewrite.Statement // simple query paths: the statement as written
 	portal   *boundPortal       // extended protocol: values from the Bind
 	pipeline *translation       // checkPipeline: the statements still to send
+	sent     time.Time          // when the statement went to the server (metrics)
 }
 
 // staleDetail returns the values the stale error names.
@@ -63,7 +68,7 @@ func (sl *checkSlot) start(kind checkKind, st *rewrite.Statement) *checkState {
 	if sl.active {
 		panic(errSecondCheck)
 	}
-	sl.cur = checkState{kind: kind, stmt: st}
+	sl.cur = checkState{kind: kind, stmt: st, sent: time.Now()}
 	sl.active = true
 	return &sl.cur
 }

@@ -93,6 +93,7 @@ func (s *session) reserve(total int) bool {
 		s.reserved = int64(total)
 		return true
 	}
+	s.srv.metrics.refusedBudget.Add(1)
 	s.cout.append(encodeError("FATAL", sqlstateOutOfMemory, "out of memory",
 		fmt.Sprintf("pgoptimist: no room to hold a message of %d bytes (limits.max_buffered_bytes)", total), "")...)
 	s.end(errOverBudget)

@@ -132,6 +132,7 @@ func (s *session) relayReady(msg []byte) {
 // resolve delivers a checked statement's outcome and lets the client's held
 // messages go on.
 func (s *session) resolve(c *checkState, out checkOutcome) {
+	s.srv.metrics.checked(c.stmt.Policy, out, c.sent)
 	s.checks.finish(c)
 	if err := s.afterCheck(c, out); err != nil {
 		s.end(err)

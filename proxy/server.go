@@ -81,6 +81,7 @@ func (s *Server) Reload(cfg *config.Config) error {
 	}
 	s.settings.Store(&settings{cfg: cfg, clientTLS: tc, upstreamTLS: utc})
 	s.guards.setConfig(cfg)
+	s.metrics.configApplied(cfg)
 	return nil
 }
 

@@ -97,6 +97,7 @@ func (s *session) run() {
 	s.srv.metrics.sessionsTotal.Add(1)
 	s.srv.metrics.sessionsActive.Add(1)
 	defer s.srv.metrics.sessionsActive.Add(-1)
+	defer s.srv.metrics.sessionEnded(time.Now())
 	err = s.relay()
 	s.logEnd("session ended", err)
 }
@@ -208,7 +209,7 @@ var errShutdown = errors.New("closed by shutdown")
 // client. Its errors say what the client is told (tellClient).
 func (s *session) start() error {
 	if !s.srv.startupSlots.acquire(s.cfg.Limits.MaxStartupConnections) {
-		s.srv.metrics.refusedTooMany.Add(1)
+		s.srv.metrics.refusedStartup.Add(1)
 		return fatalf(sqlstateTooManyConnections, "sorry, too many clients already")
 	}
 	defer s.srv.startupSlots.release()
@@ -261,6 +262,7 @@ func (s *session) start() error {
 	}
 	s.guard, s.guardGen, err = s.srv.guards.forSession(s, deadline)
 	if err != nil {
+		s.srv.metrics.refusedGuard.Add(1)
 		return &fatalError{code: sqlstateCannotConnectNow,
 			msg:   "pgoptimist: cannot check the guarded tables of this database; the session is refused rather than run unguarded",
 			cause: fmt.Errorf("guard discovery: %w", err)}

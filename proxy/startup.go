@@ -120,6 +120,7 @@ func (s *session) negotiateClient() (startup []byte, cancel bool, err error) {
 			return nil, true, nil
 		case code>>16 == 3:
 			if _, isTLS := s.client.(*tls.Conn); s.cfg.TLS.Mode == "require" && !isTLS {
+				s.srv.metrics.refusedTLS.Add(1)
 				return nil, false, &fatalError{code: sqlstateInvalidAuthSpec, msg: "pgoptimist requires TLS: connect with sslmode=require",
 					cause: errors.New("plain client refused: tls.mode is require")}
 			}
@@ -334,6 +335,7 @@ func (s *session) authenticate() (ready []byte, err error) {
 		case msgErrorResponse:
 			_, _ = s.cw.Write(msg)
 			_ = s.cw.Flush()
+			s.srv.metrics.refusedByServer.Add(1)
 			return nil, errServerRefused
 		default: // ParameterStatus, NoticeResponse, NegotiateProtocolVersion
 			if _, err := s.cw.Write(msg); err != nil {

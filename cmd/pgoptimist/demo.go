@@ -12,7 +12,7 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// demoSchema is the reference scenario's table (DESIGN.md).
+// demoSchema is the reference scenario's table (docs/design.md).
 const demoSchema = `CREATE TABLE public.address (
   id bigserial PRIMARY KEY,
   version integer NOT NULL DEFAULT 1,
@@ -63,7 +63,7 @@ pgoptimist is ready: PostgreSQL at %s, the proxy at %s guarding public.address.
 
   psql "postgres://postgres@%s/postgres?sslmode=disable"
 
-Try the reference scenario (DESIGN.md):
+Try the reference scenario (docs/design.md):
   UPDATE address SET state='NC', county='Guilford' WHERE id=1 AND version=1;  -- UPDATE 1
   UPDATE address SET county='Miami-Dade' WHERE id=1 AND version=1;            -- ERROR: stale record (VL409)
 

@@ -29,7 +29,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), rewriteCmd(), demoCmd(), versionCmd())
+	root.AddCommand(serveCmd(), rewriteCmd(), checkCmd(), demoCmd(), versionCmd())
 	return root
 }
 

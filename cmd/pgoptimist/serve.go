@@ -86,14 +86,17 @@ func serve(ctx context.Context, cfg *config.Config, fs *pflag.FlagSet, ready fun
 	reload := func(why string) {
 		next, err := config.Load(fs)
 		if err != nil {
+			srv.Metrics().Reloaded(err)
 			log.Error("configuration reload refused; keeping the old configuration", "trigger", why, "err", err)
 			return
 		}
 		if err := srv.Reload(next); err != nil {
+			srv.Metrics().Reloaded(err)
 			log.Error("configuration reload refused; keeping the old configuration", "trigger", why, "err", err)
 			return
 		}
 		cfg = next
+		srv.Metrics().Reloaded(nil)
 		log.Info("configuration reloaded", "trigger", why, "tables", len(next.Tables))
 	}
 	var fileChanged <-chan struct{}
