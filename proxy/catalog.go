@@ -132,43 +132,78 @@ func (e *catalogError) Unwrap() error { return e.err }
 // anything: the session is idle, so the query cannot disturb it, and the
 // transaction it opens is closed before the client's first ReadyForQuery.
 func discoverBlocking(s *session, cfg *config.Config) ([]catalogRow, error) {
-	b, _ := (&pgproto3.Query{String: catalogSQL(cfg)}).Encode(nil)
+	rows := make([]catalogRow, len(cfg.Tables))
+	err := queryBlocking(s, catalogSQL(cfg), func(values [][]byte) error { return parseCatalogRow(values, rows) })
+	if err != nil {
+		return nil, &catalogError{err}
+	}
+	return rows, nil
+}
+
+// sqlstateQueryCanceled is statement_timeout's (and a cancel's) SQLSTATE.
+const sqlstateQueryCanceled = "57014"
+
+// queryBlocking runs the proxy's own simple query during startup and hands
+// each DataRow to onRow. The query must leave the session idle. A statement
+// cancelled by the session's own statement_timeout (a 1 ms one from the
+// startup options can strike even a BEGIN) is tried again, a few times,
+// after rolling back what it left open.
+func queryBlocking(s *session, sql string, onRow func([][]byte) error) error {
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		var code string
+		var status txStatus
+		code, status, err = queryBlockingOnce(s, sql, onRow)
+		if status != txIdle && err == nil {
+			err = fmt.Errorf("transaction status %q after the proxy's own query", byte(status))
+		}
+		if code != sqlstateQueryCanceled {
+			return err
+		}
+		if status != txIdle {
+			if _, st, rerr := queryBlockingOnce(s, "ROLLBACK", nil); rerr != nil || st != txIdle {
+				return err
+			}
+		}
+	}
+	return err
+}
+
+func queryBlockingOnce(s *session, sql string, onRow func([][]byte) error) (code string, status txStatus, err error) {
+	b, _ := (&pgproto3.Query{String: sql}).Encode(nil)
 	if _, err := s.sw.Write(b); err != nil {
-		return nil, err
+		return "", txIdle, err
 	}
 	if err := s.sw.Flush(); err != nil {
-		return nil, err
+		return "", txIdle, err
 	}
-	rows := make([]catalogRow, len(cfg.Tables))
 	var qerr error
 	for {
 		msg, err := s.sr.next()
 		if err != nil {
-			return nil, fmt.Errorf("reading catalog: %w", err)
+			return "", txIdle, fmt.Errorf("reading the answer: %w", err)
 		}
 		switch serverMsg(msg[0]) {
 		case msgDataRow:
+			if onRow == nil {
+				continue
+			}
 			var dr pgproto3.DataRow
 			if err := dr.Decode(frameBody(msg)); err != nil {
-				return nil, &catalogError{err}
+				return "", txIdle, err
 			}
-			if err := parseCatalogRow(dr.Values, rows); err != nil && qerr == nil {
-				qerr = &catalogError{err}
+			if err := onRow(dr.Values); err != nil && qerr == nil {
+				qerr = err
 			}
 		case msgErrorResponse:
 			var er pgproto3.ErrorResponse
 			_ = er.Decode(frameBody(msg))
-			if qerr == nil {
-				qerr = &catalogError{fmt.Errorf("%s (SQLSTATE %s)", er.Message, er.Code)}
+			if code == "" {
+				code = er.Code
+				qerr = fmt.Errorf("%s (SQLSTATE %s)", er.Message, er.Code)
 			}
 		case msgReadyForQuery:
-			if qerr != nil {
-				return nil, qerr
-			}
-			if st := readyStatus(msg); st != txIdle {
-				return nil, &catalogError{fmt.Errorf("transaction status %q after the catalog query", byte(st))}
-			}
-			return rows, nil
+			return code, readyStatus(msg), qerr
 		}
 	}
 }

@@ -6,7 +6,6 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgoptimist/pgoptimist/rewrite"
 )
 
@@ -80,45 +79,20 @@ func (db *dbGuard) resolvedNames(values [][]byte) (map[string]string, error) {
 }
 
 // resolveBlocking asks during startup, before the client's first
-// ReadyForQuery: the session is idle, and a SELECT of two functions
-// changes nothing.
+// ReadyForQuery: the session is idle, and the question runs in a read-only
+// transaction of its own without statement_timeout (the session's
+// search_path and role, which the answer is about, stay as they are).
 func resolveBlocking(s *session, db *dbGuard) (map[string]string, error) {
-	b, _ := (&pgproto3.Query{String: db.resolveSQL}).Encode(nil)
-	if _, err := s.sw.Write(b); err != nil {
-		return nil, err
-	}
-	if err := s.sw.Flush(); err != nil {
-		return nil, err
-	}
 	var names map[string]string
-	var qerr error
-	for {
-		msg, err := s.sr.next()
-		if err != nil {
-			return nil, err
-		}
-		switch serverMsg(msg[0]) {
-		case msgDataRow:
-			var dr pgproto3.DataRow
-			if err := dr.Decode(frameBody(msg)); err != nil {
-				return nil, err
-			}
-			if names, err = db.resolvedNames(dr.Values); err != nil && qerr == nil {
-				qerr = err
-			}
-		case msgErrorResponse:
-			var er pgproto3.ErrorResponse
-			_ = er.Decode(frameBody(msg))
-			if qerr == nil {
-				qerr = fmt.Errorf("%s (SQLSTATE %s)", er.Message, er.Code)
-			}
-		case msgReadyForQuery:
-			if qerr == nil && names == nil {
-				qerr = errors.New("no resolution row")
-			}
-			return names, qerr
-		}
+	err := queryBlocking(s, "BEGIN READ ONLY; SET LOCAL statement_timeout = 0; "+db.resolveSQL+"; COMMIT", func(values [][]byte) error {
+		var err error
+		names, err = db.resolvedNames(values)
+		return err
+	})
+	if err == nil && names == nil {
+		err = errors.New("no resolution row")
 	}
+	return names, err
 }
 
 // resolveFirst is called with a whole Query or Parse while the session's
