@@ -102,7 +102,7 @@ func TestServeSignals(t *testing.T) {
 	bin := buildBinary(t)
 	cfgPath := writeFile(t, "c.yaml", "listen: 127.0.0.1:0\nupstream:\n  address: 127.0.0.1:1\n")
 	cmd := exec.Command(bin, "serve", "--config", cfgPath)
-	var logs bytes.Buffer
+	var logs lockedBuffer
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -232,4 +232,61 @@ func TestDemo(t *testing.T) {
 		c.Close()
 		t.Fatalf("the throwaway PostgreSQL at %s still accepts connections", pgAddr)
 	}
+}
+
+// lockedBuffer collects a child's log while the test reads it.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestServeReloadAppliedOnce: an edit of the configuration file followed by
+// a SIGHUP is applied once, by the SIGHUP; the file watcher that notices the
+// same edit later finds it in force already.
+func TestServeReloadAppliedOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	bin := buildBinary(t)
+	base := "listen: 127.0.0.1:0\nupstream:\n  address: 127.0.0.1:1\nlog:\n  level: debug\n"
+	cfgPath := writeFile(t, "c.yaml", base)
+	cmd := exec.Command(bin, "serve", "--config", cfgPath)
+	var logs lockedBuffer
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	waitFor := func(s string) {
+		t.Helper()
+		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if strings.Contains(logs.String(), s) {
+				return
+			}
+		}
+		t.Fatalf("log never showed %q:\n%s", s, logs.String())
+	}
+	waitFor("pgoptimist listening")
+	if err := os.WriteFile(cfgPath, []byte(base+"tables:\n  - name: public.address\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Process.Signal(syscall.SIGHUP)
+	waitFor("content is in force already")
+	if n := strings.Count(logs.String(), "configuration reloaded"); n != 1 {
+		t.Errorf("the change was applied %d times:\n%s", n, logs.String())
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	_ = cmd.Wait()
 }

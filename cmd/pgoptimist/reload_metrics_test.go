@@ -1,36 +1,16 @@
 package main
 
 import (
-	"bytes"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"regexp"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 )
-
-// syncBuffer is a bytes.Buffer safe to read while a process writes it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestReloadMetrics runs the real binary and reloads it with a broken and
 // then a good file: the reload series and the configuration hash follow.
@@ -42,7 +22,7 @@ func TestReloadMetrics(t *testing.T) {
 	good := "listen: 127.0.0.1:0\nupstream:\n  address: 127.0.0.1:1\nmetrics:\n  listen: 127.0.0.1:0\n"
 	cfgPath := writeFile(t, "c.yaml", good)
 	cmd := exec.Command(bin, "serve", "--config", cfgPath)
-	var logs syncBuffer
+	var logs lockedBuffer
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

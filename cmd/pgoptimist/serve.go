@@ -90,6 +90,12 @@ func serve(ctx context.Context, cfg *config.Config, fs *pflag.FlagSet, ready fun
 			log.Error("configuration reload refused; keeping the old configuration", "trigger", why, "err", err)
 			return
 		}
+		if why == "file change" && proxy.ConfigHash(next) == proxy.ConfigHash(cfg) {
+			// Already in force: a SIGHUP after the edit applied it.
+			// (A SIGHUP always reloads: it also re-reads certificates.)
+			log.Debug("configuration file changed but its content is in force already", "trigger", why)
+			return
+		}
 		if err := srv.Reload(next); err != nil {
 			srv.Metrics().Reloaded(err)
 			log.Error("configuration reload refused; keeping the old configuration", "trigger", why, "err", err)
