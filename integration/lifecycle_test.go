@@ -1,0 +1,143 @@
+package integration
+
+import (
+	"context"
+	"crypto/md5"
+	"encoding/hex"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgoptimist/pgoptimist/config"
+	"github.com/pgoptimist/pgoptimist/internal/pgtemp"
+)
+
+// TestForcedShutdownSays57P01: sessions still open when shutdown_timeout
+// has passed get FATAL 57P01, as PostgreSQL's clients do when an
+// administrator stops the server, before their connection closes.
+func TestForcedShutdownSays57P01(t *testing.T) {
+	t.Parallel()
+	cfg := newConfig(t, pg.Addr(), config.Table{Name: "public.address"})
+	p := startProxy(t, cfg)
+	r := relayRawConnect(t, p.Addr, "postgres")
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if n := p.Srv.Shutdown(ctx); n != 1 {
+		t.Fatalf("shutdown closed %d sessions by force, want 1", n)
+	}
+	_ = r.conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	rest, err := io.ReadAll(r.conn)
+	if err != nil && !strings.Contains(err.Error(), "reset") {
+		t.Fatal(err)
+	}
+	var e pgproto3.ErrorResponse
+	if len(rest) < 5 || rest[0] != 'E' || e.Decode(rest[5:]) != nil {
+		t.Fatalf("client received %q, want an ErrorResponse", rest)
+	}
+	if e.Severity != "FATAL" || e.Code != "57P01" || e.Message != "terminating connection due to administrator command" {
+		t.Errorf("client received %s %s %q", e.Severity, e.Code, e.Message)
+	}
+}
+
+// TestStartupConnectionsLimited: connections that have not logged in are
+// limited on their own (limits.max_startup_connections); one over the limit
+// is refused at once with 53300, and once the silent ones are gone (closed,
+// or cut by limits.startup_timeout) a client logs in.
+func TestStartupConnectionsLimited(t *testing.T) {
+	t.Parallel()
+	cfg := newConfig(t, pg.Addr())
+	cfg.Limits.MaxStartupConnections = 3
+	p := startProxy(t, cfg)
+	var silent []net.Conn
+	for i := 0; i < 3; i++ {
+		c, err := net.Dial("tcp", p.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		silent = append(silent, c)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// The fourth is refused (after the silent ones are accepted: retry
+	// until the refusal is seen).
+	var err error
+	for i := 0; i < 100; i++ {
+		var c *pgx.Conn
+		c, err = pgx.Connect(ctx, dsn(p.Addr, "", "", ""))
+		if err != nil {
+			break
+		}
+		c.Close(ctx)
+		time.Sleep(20 * time.Millisecond)
+	}
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "53300" {
+		t.Fatalf("a fourth connection: %v, want FATAL 53300", err)
+	}
+	for _, c := range silent {
+		c.Close()
+	}
+	var c *pgx.Conn
+	for i := 0; i < 100; i++ {
+		if c, err = pgx.Connect(ctx, dsn(p.Addr, "", "", "")); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("after the silent connections closed: %v", err)
+	}
+	c.Close(ctx)
+}
+
+// TestSlowLoginAllowed: limits.startup_timeout bounds the wait for the
+// startup packet only; a client that takes longer than that to answer the
+// server's password request still logs in (limits.login_timeout, like the
+// server's authentication_timeout, bounds that part).
+func TestSlowLoginAllowed(t *testing.T) {
+	t.Parallel()
+	srv := authStartServer(t, pgtemp.Options{Auth: "md5"})
+	authCreateUser(t, srv, "slow_md5", "slow-secret", "md5")
+	cfg := newConfig(t, srv.Addr())
+	cfg.Limits.StartupTimeout = 500 * time.Millisecond
+	p := startProxy(t, cfg)
+
+	r := relayDial(t, p.Addr)
+	r.startup("slow_md5", "postgres")
+	req, ok := r.receive().(*pgproto3.AuthenticationMD5Password)
+	if !ok {
+		t.Fatal("no md5 password request")
+	}
+	time.Sleep(1500 * time.Millisecond) // three startup timeouts
+	inner := md5.Sum([]byte("slow-secret" + "slow_md5"))
+	outer := md5.Sum(append([]byte(hex.EncodeToString(inner[:])), req.Salt[:]...))
+	r.fe.Send(&pgproto3.PasswordMessage{Password: "md5" + hex.EncodeToString(outer[:])})
+	if err := r.fe.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	r.untilReady()
+	startupQuery(t, r)
+}
+
+// TestMissingTableLoggedOnce: a configured table that does not exist is
+// reported once per configuration, not checked again (under a lock) and
+// logged again for every new connection.
+func TestMissingTableLoggedOnce(t *testing.T) {
+	t.Parallel()
+	db := newDatabase(t, "")
+	p, logs := startProxyCapture(t, newConfig(t, pg.Addr(), config.Table{Name: "public.nowhere"}))
+	for i := 0; i < 5; i++ {
+		c := connect(t, p.Addr, db)
+		c.Close(context.Background())
+	}
+	if n := strings.Count(logs.String(), "guarded table does not exist"); n != 1 {
+		t.Errorf("logged %d times for 5 connections:\n%s", n, logs.String())
+	}
+}
