@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -31,6 +32,7 @@ type Server struct {
 	ln       net.Listener
 	sessions map[*session]struct{}
 	closing  bool
+	spare    *os.File // a descriptor held in reserve (refuseWithSpare)
 	wg       sync.WaitGroup
 
 	active       atomic.Int64
@@ -117,6 +119,7 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.ln = ln
 	s.mu.Unlock()
+	s.takeSpare()
 	var delay time.Duration
 	for {
 		c, err := ln.Accept()
@@ -127,9 +130,14 @@ func (s *Server) Serve(ln net.Listener) error {
 			if closing {
 				return nil
 			}
+			if outOfFiles(err) && s.refuseWithSpare(ln) {
+				continue
+			}
 			if retryableAccept(err) {
 				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed; retrying", "err", err, "delay", delay)
+				if ok, suppressed := s.acceptLog.allow(time.Now()); ok {
+					s.log.Warn("accept failed; retrying", "err", err, "delay", delay, "similar_lines_suppressed", suppressed)
+				}
 				time.Sleep(delay)
 				continue
 			}
@@ -160,6 +168,51 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
+// outOfFiles reports an accept that failed for want of a descriptor.
+func outOfFiles(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
+}
+
+// refuseWithSpare is the answer to running out of descriptors: the one held
+// in reserve (spare) is given up to accept the waiting connection, which is
+// told FATAL 53300 at once and closed, and the reserve is taken again. So a
+// client is refused at once rather than left waiting in the listen queue,
+// and the listener is not stuck retrying. It reports whether a connection
+// was taken that way.
+func (s *Server) refuseWithSpare(ln net.Listener) bool {
+	s.mu.Lock()
+	spare := s.spare
+	s.spare = nil
+	s.mu.Unlock()
+	if spare == nil {
+		return false
+	}
+	spare.Close()
+	c, err := ln.Accept()
+	if err == nil {
+		s.metrics.refusedTooMany.Add(1)
+		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = writeFatal(c, sqlstateTooManyConnections, "sorry, too many clients already")
+		c.Close()
+		if ok, suppressed := s.acceptLog.allow(time.Now()); ok {
+			s.log.Warn("out of file descriptors: a connection was refused with 53300", "similar_lines_suppressed", suppressed)
+		}
+	}
+	s.takeSpare()
+	return err == nil
+}
+
+// takeSpare holds a descriptor in reserve for refuseWithSpare.
+func (s *Server) takeSpare() {
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		return
+	}
+	s.mu.Lock()
+	s.spare = f
+	s.mu.Unlock()
+}
+
 // retryableAccept reports accept errors that pass (out of file descriptors,
 // a connection aborted before it was accepted).
 func retryableAccept(err error) bool {
@@ -182,6 +235,10 @@ func (s *Server) Shutdown(ctx context.Context) int {
 	s.closing = true
 	if s.ln != nil {
 		s.ln.Close()
+	}
+	if s.spare != nil {
+		s.spare.Close()
+		s.spare = nil
 	}
 	s.mu.Unlock()
 	done := make(chan struct{})

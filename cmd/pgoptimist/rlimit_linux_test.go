@@ -2,7 +2,10 @@ package main
 
 import (
 	"bufio"
+	"encoding/binary"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"regexp"
@@ -10,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
 )
 
 // TestServeRaisesFileLimit starts the real binary with a soft open file
@@ -87,4 +92,64 @@ func procOpenFiles(t *testing.T, pid int) (soft, hard string) {
 	}
 	t.Fatalf("/proc/%d/limits has no Max open files line", pid)
 	return "", ""
+}
+
+// TestServeOutOfDescriptors: with every descriptor taken by connections
+// that say nothing, a new client is refused at once with FATAL 53300 (the
+// proxy gives up the descriptor it holds in reserve to accept and refuse
+// it) instead of waiting unanswered in the listen queue.
+func TestServeOutOfDescriptors(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	prlimit, err := exec.LookPath("prlimit")
+	if err != nil {
+		t.Skip("prlimit (util-linux) not installed")
+	}
+	bin := buildBinary(t)
+	cfgPath := writeFile(t, "c.yaml", "listen: 127.0.0.1:0\nupstream:\n  address: 127.0.0.1:1\nlimits:\n  startup_timeout: 60s\n  max_startup_connections: 1000\n")
+	cmd := exec.Command(prlimit, "--nofile=48:48", bin, "serve", "--config", cfgPath)
+	logs := &lockedBuffer{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	}()
+	addrRE := regexp.MustCompile(`msg="pgoptimist listening" listen=(\S+)`)
+	var addr string
+	for deadline := time.Now().Add(20 * time.Second); addr == ""; time.Sleep(20 * time.Millisecond) {
+		if m := addrRE.FindStringSubmatch(logs.String()); m != nil {
+			addr = m[1]
+		} else if time.Now().After(deadline) {
+			t.Fatalf("never listening:\n%s", logs.String())
+		}
+	}
+	for i := 0; i < 60; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	pkt := []byte{0, 0, 0, 0, 0, 3, 0, 0}
+	pkt = append(append(pkt, "user\x00postgres\x00"...), 0)
+	binary.BigEndian.PutUint32(pkt, uint32(len(pkt)))
+	_, _ = c.Write(pkt)
+	got, _ := io.ReadAll(c)
+	var e pgproto3.ErrorResponse
+	if len(got) < 5 || got[0] != 'E' || e.Decode(got[5:]) != nil || e.Code != "53300" {
+		t.Fatalf("a client over the descriptor limit got %q, want FATAL 53300\n%s", got, logs.String())
+	}
+	if !strings.Contains(logs.String(), "out of file descriptors") {
+		t.Errorf("not logged:\n%s", logs.String())
+	}
 }
