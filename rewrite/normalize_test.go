@@ -226,7 +226,7 @@ var instCases = []instCase{
 		name:     "uuid cast, composite key",
 		warm:     "UPDATE item SET x = 1 WHERE a = 1 AND b = 'q' AND etag = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid",
 		sql:      "UPDATE item SET x = 2 WHERE a = 3 AND b = 'r' AND etag = 'b1eebc99-9c0b-4ef8-bb6d-6bb9bd380a12'::uuid",
-		out:      "UPDATE item SET x = 2, etag = gen_random_uuid() WHERE a = 3 AND b = 'r' AND etag = 'b1eebc99-9c0b-4ef8-bb6d-6bb9bd380a12'::uuid",
+		out:      "UPDATE item SET x = 2, etag = gen_random_uuid() WHERE a = 3 AND b = 'r' AND etag = 'b1eebc99-9c0b-4ef8-bb6d-6bb9bd380a12'::uuid RETURNING item.a AS pgoptimist_1, item.b AS pgoptimist_2, item.etag AS pgoptimist_3",
 		expected: []Value{lit("b1eebc99-9c0b-4ef8-bb6d-6bb9bd380a12")},
 		keys:     [][]KeyValue{{key("a", lit("3")), key("b", lit("r"))}},
 	},

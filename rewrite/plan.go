@@ -20,7 +20,15 @@ const (
 	ModeExplicit Mode = iota // the application writes the predicate
 	ModeTracked              // the proxy adds it from versions the session has read
 	ModeRequired             // tracked, and a guarded statement without any version is refused
+	ModeObserve              // versions are tracked as in ModeTracked, but no write is changed in outcome
 )
+
+// Tracked reports whether the proxy remembers the versions this table's
+// rows had when a session read them (tracked, required and observe modes):
+// plans then carry Captures, Hidden columns and, for writes, Inject.
+func (p *Policy) Tracked() bool {
+	return p.Mode == ModeTracked || p.Mode == ModeRequired || p.Mode == ModeObserve
+}
 
 // Policy is one guarded table as the rewriter sees it. Identifiers are as
 // PostgreSQL stores them (unquoted names folded to lower case).
@@ -49,6 +57,32 @@ const (
 	KindPrepare                // PREPARE name AS <statement>; Inner holds the prepared statement's plan
 	KindExecute                // EXECUTE name(args)
 	KindDeallocate             // DEALLOCATE name | DEALLOCATE ALL
+	KindDiscard                // DISCARD ALL | PLANS | SEQUENCES | TEMP; Discard says which
+)
+
+// Command is the SQL command of a top-level statement, whatever table it
+// names (Kind says what it is to the guard). It is set for every statement
+// of a plan, planned or skipped by the prefilter.
+type Command int
+
+const (
+	CommandOther  Command = iota // anything else (DDL, SET, BEGIN, PREPARE, EXECUTE, EXPLAIN, COPY, ...)
+	CommandSelect                // SELECT, VALUES or TABLE, with or without WITH in front; also SELECT INTO
+	CommandInsert                // INSERT, with or without ON CONFLICT
+	CommandUpdate                // UPDATE
+	CommandDelete                // DELETE
+	CommandMerge                 // MERGE
+)
+
+// DiscardTarget is what a DISCARD statement discards.
+type DiscardTarget int
+
+const (
+	DiscardNone      DiscardTarget = iota
+	DiscardAll                     // DISCARD ALL: also deallocates every prepared statement (DEALLOCATE ALL)
+	DiscardPlans                   // DISCARD PLANS: cached plans only; prepared statements stay
+	DiscardSequences               // DISCARD SEQUENCES
+	DiscardTemp                    // DISCARD TEMP
 )
 
 // ValueKind says where a value in a statement comes from.
@@ -82,10 +116,16 @@ type Plan struct {
 	Statements []Statement // one per top-level statement, in order (empty for empty input)
 }
 
-// Guarded reports whether any statement of the plan touches a guarded table.
+// Guarded reports whether any statement of the plan touches a guarded table
+// (a guarded write, or a read whose result is tracked) or is one the proxy
+// follows (PREPARE, EXECUTE, DEALLOCATE, DISCARD).
 func (p *Plan) Guarded() bool {
 	for i := range p.Statements {
-		if p.Statements[i].Policy != nil || p.Statements[i].Kind == KindPrepare || p.Statements[i].Kind == KindExecute || p.Statements[i].Kind == KindDeallocate {
+		st := &p.Statements[i]
+		switch {
+		case st.Policy != nil, len(st.Captures) > 0, st.Untracked:
+			return true
+		case st.Kind == KindPrepare, st.Kind == KindExecute, st.Kind == KindDeallocate, st.Kind == KindDiscard:
 			return true
 		}
 	}
@@ -114,4 +154,150 @@ type Statement struct {
 	// KindDeallocate.
 	DeallocateName string
 	DeallocateAll  bool
+	// KindDiscard.
+	Discard DiscardTarget
+
+	// Command is the SQL command, set for every statement (see Command).
+	Command Command
+	// QuietWhenEmpty: a plain UPDATE, DELETE or INSERT without a WITH
+	// clause (so no data-modifying CTE): a run that affects no row writes
+	// nothing by itself. Triggers and rules of the table are not known
+	// here; the caller adds that condition. For KindPrepare see Inner.
+	QuietWhenEmpty bool
+
+	// Tracked tables (Policy.Tracked): see "Tracked mode" below.
+	Captures       []Capture
+	Hidden         []HiddenColumn
+	AddedReturning bool
+	Untracked      bool
+	Inject         *Injection
+	NewVersion     NewVersion
+}
+
+// Tracked mode: the contract between the rewriter and the proxy.
+//
+// Reading. A statement whose result rows carry rows of a tracked table
+// (a SELECT, top-level or as the body of a SQL-level PREPARE, or the
+// RETURNING of an INSERT, UPDATE or DELETE) has one Capture per table
+// reference whose key and version the rows carry. Each Capture names the
+// result fields that hold the key columns (in Policy.Key order) and the
+// version column. When the statement does not return one of them at a
+// position known before the RowDescription arrives, the rewriter adds it as
+// an extra result column at the end of the target list (or RETURNING list),
+// named pgoptimist_<n>, and lists it in Hidden. The proxy captures only what
+// Captures lists (never other fields that happen to carry a tracked table's
+// OID) and strips the Hidden fields, which are always the last len(Hidden)
+// fields of the RowDescription and of every DataRow, before the client sees
+// anything (Describe answers included). A row whose key or version field is
+// NULL is not captured.
+//
+// A star (*, t.*) in the target list has a width the rewriter cannot know,
+// so key and version columns at or after a star are not relied on: they are
+// added as hidden columns too. Field positions are therefore given as
+// Field values: >= 0 counts from the first field, < 0 from the end.
+//
+// A statement that reads a tracked table but whose result cannot be
+// tracked exactly is left unchanged and marked Untracked (Notes say why):
+// aggregates, DISTINCT, GROUP BY, HAVING, window functions, set operations
+// (UNION, INTERSECT, EXCEPT), SELECT INTO, data-modifying CTEs. A table
+// reference that cannot be tracked in an otherwise trackable statement
+// (on the nullable side of an outer join, read inside a subquery or CTE,
+// the same name twice, renamed columns) simply has no Capture.
+//
+// Writing. A guarded UPDATE, DELETE or upsert on a table in tracked or
+// required mode without a version predicate of its own, whose WHERE pins
+// every key column with a top-level AND conjunct key = <constant or $n>,
+// has Inject (the upsert: its DO UPDATE WHERE pins the key, or its conflict
+// target is exactly the key and its VALUES row pins it). Keys holds the
+// key values: the proxy looks up the version the session remembers for
+// them and, when it has one, makes the statement checked:
+//   - extended protocol: Parse Inject.SQL instead of SQL, with one more
+//     parameter $Inject.Param (its type in Parse: 0, so that the server
+//     infers the version column's own type; a ParameterDescription then
+//     lists it last, to be stripped). Bind the remembered version there,
+//     or NULL when there is none: the predicate is
+//     "(<ref>.<version> = $N OR $N IS NULL)", so NULL leaves the statement
+//     unchecked (zero rows then are no conflict);
+//   - simple protocol: send WithExpected(version) (the predicate with the
+//     version as a quoted literal) instead of SQL; with no remembered
+//     version send SQL as before;
+//   - SQL-level PREPARE: the KindPrepare statement has Inject too, whose
+//     SQL is the whole PREPARE; each EXECUTE of it must then pass one more
+//     argument: ExecuteWithExpected on the KindExecute statement.
+// Either way a statement that carries the version is then exactly like an
+// explicitly checked one: zero rows affected is a conflict (VL409), with
+// Keys and the version for the detail.
+// An explicit predicate always wins: Checked is set and Inject is nil.
+// In required mode, Refuse is set as before when there is no explicit
+// predicate; with Inject it means "refuse unless a version is remembered
+// for Keys". Observe mode never has Inject (no outcome may change).
+//
+// Moving on. After a tracked write succeeds, NewVersion says what the
+// session should remember: NewVersionIncrement when the new version is the
+// expected one plus 1 (integer versions incremented by this statement, key
+// pinned); NewVersionReturned when Captures locates it in the statement's
+// result (a hidden RETURNING added for the purpose: AddedReturning says the
+// statement had no RETURNING at all, so every field is hidden, and the
+// client must see neither RowDescription nor DataRow, and NoData for a
+// Describe). A DELETE forgets Keys.
+
+// Field locates a result field: n >= 0 is the field at 0-based position n;
+// n < 0 counts from the end (-1 is the last field).
+type Field int
+
+// Index resolves the field in a row of nfields fields.
+func (f Field) Index(nfields int) int {
+	if f < 0 {
+		return nfields + int(f)
+	}
+	return int(f)
+}
+
+// Capture locates one tracked table reference's key and version in the
+// result rows.
+type Capture struct {
+	Policy  *Policy
+	Ref     string  // the name the statement uses for the table (its alias, else its name)
+	Keys    []Field // the key columns, in Policy.Key order
+	Version Field   // the version column
+}
+
+// HiddenColumn is a result column the rewriter added; the client never sees
+// it. Hidden columns are always the last fields of the result.
+type HiddenColumn struct {
+	Field  Field  // < 0: counted from the end
+	Schema string // the table column it returns (as stored, unquoted)
+	Table  string
+	Column string // for TypeXmin: "xmin"
+}
+
+// Injection is how a tracked write carries the version the session read.
+type Injection struct {
+	Param int         // N: the parameter the proxy adds (highest $n of the statement + 1)
+	Type  VersionType // the version column's kind
+	SQL   string      // the statement with "AND (<ref>.<version> = $N OR $N IS NULL)"
+
+	// The statement with "AND <ref>.<version> = " and a literal: pre, the
+	// literal, post.
+	pre, post string
+}
+
+// NewVersion says how the proxy learns a row's version after the session's
+// own successful write.
+type NewVersion int
+
+const (
+	NewVersionNone      NewVersion = iota // not a tracked UPDATE or upsert
+	NewVersionIncrement                   // the expected version + 1 (integer)
+	NewVersionReturned                    // in the result, where Captures says
+)
+
+// WithExpected returns the statement's SQL with the version predicate
+// "AND <ref>.<version> = <literal>" added, the literal quoted by
+// QuoteLiteral. Without Inject it returns SQL.
+func (s *Statement) WithExpected(literal string) string {
+	if s.Inject == nil || s.Kind == KindPrepare {
+		return s.SQL
+	}
+	return s.Inject.pre + QuoteLiteral(literal) + s.Inject.post
 }

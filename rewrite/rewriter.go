@@ -19,6 +19,13 @@ type Options struct {
 	MaxDepth    int // estimated parse-tree nesting limit; 0 = 1000
 	CacheSize   int // cached plans; 0 = 4096, negative = no cache
 	CacheBytes  int // approximate memory the cached plans may hold; 0 = 64 MiB
+	// Aggregates names aggregate functions beyond PostgreSQL's built-in
+	// ones (as stored: unquoted names in lower case), for example every
+	// name of pg_proc WHERE prokind = 'a'. A SELECT that calls one is an
+	// aggregate query, whose result tracked mode cannot extend; a name it
+	// does not know is taken for a plain function, and the extended
+	// statement of an aggregate query without GROUP BY then fails.
+	Aggregates []string
 }
 
 const (
@@ -64,9 +71,11 @@ type Rewriter struct {
 	// direct turns off literal normalization: every text missing the
 	// cache is parsed and planned itself (tests compare the two paths).
 	direct bool
-	// readsMatter: some policy's mode will need to see SELECTs (tracked,
-	// required), so NeedsPlan has no fast path for them.
-	readsMatter bool
+	// tracking: some policy is tracked (Policy.Tracked): reads of its
+	// table are planned; trackedMatch finds the names of those tables.
+	tracking     bool
+	trackedMatch *matcher
+	aggregates   map[string]bool
 
 	mu     sync.RWMutex
 	cache  map[string]map[string]*cacheEntry // searchPath -> SQL -> entry
@@ -113,13 +122,20 @@ func New(policies []Policy, opts Options) *Rewriter {
 		seed:     maphash.MakeSeed(),
 	}
 	tables := make([]string, 0, len(policies))
+	var tracked []string
 	for i, p := range policies {
 		p.Key = append([]string(nil), p.Key...)
 		r.policies[i] = p
 		tables = append(tables, p.Table)
-		if p.Mode == ModeTracked || p.Mode == ModeRequired {
-			r.readsMatter = true
+		if p.Tracked() {
+			r.tracking = true
+			tracked = append(tracked, p.Table)
 		}
+	}
+	r.trackedMatch = newTableMatcher(tracked)
+	r.aggregates = map[string]bool{}
+	for _, a := range opts.Aggregates {
+		r.aggregates[a] = true
 	}
 	for i := range r.policies {
 		p := &r.policies[i]
@@ -288,20 +304,20 @@ func parseSearchPath(sp string) []string {
 
 // plan parses and rewrites; sql is the rewriter's own copy.
 func (r *Rewriter) plan(sql string, path []string) (*Plan, error) {
-	p, _, err := r.planText(sql, path, false)
+	p, _, err := r.planText(sql, path, 0)
 	return p, err
 }
 
 // planText is plan; it also reports which statements were rewritten.
-// template: sql is a literal-normalized template (notes show its
-// parameters as placeholders for the literals).
-func (r *Rewriter) planText(sql string, path []string, template bool) (*Plan, []bool, error) {
+// tmplN > 0: sql is a literal-normalized template with tmplN placeholders
+// (notes show its parameters as placeholders for the literals).
+func (r *Rewriter) planText(sql string, path []string, tmplN int) (*Plan, []bool, error) {
 	tree, err := pg.Parse(sql)
 	if err != nil {
 		return nil, nil, &ParseError{SQL: sql, Err: err}
 	}
 	p := &Plan{SQL: sql}
-	pl := &planner{r: r, path: path, version: tree.Version, template: template}
+	pl := &planner{r: r, path: path, version: tree.Version, template: tmplN > 0, tmplN: tmplN}
 	changed := false
 	var rewritten []bool
 	for _, raw := range tree.Stmts {
@@ -309,7 +325,9 @@ func (r *Rewriter) planText(sql string, path []string, template bool) (*Plan, []
 		if !r.fullAnalysis && !r.match.match(text) {
 			// Names no guarded table and is no PREPARE, EXECUTE or
 			// DEALLOCATE: nothing to look at.
-			p.Statements = append(p.Statements, Statement{SQL: text})
+			st := Statement{SQL: text}
+			st.Command, st.QuietWhenEmpty = commandOf(raw.Stmt)
+			p.Statements = append(p.Statements, st)
 			rewritten = append(rewritten, false)
 			continue
 		}
