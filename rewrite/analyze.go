@@ -346,7 +346,7 @@ func (pl *planner) delete(st *Statement, d *pg.DeleteStmt) bool {
 func (pl *planner) upsert(st *Statement, ins *pg.InsertStmt) bool {
 	oc := ins.OnConflictClause
 	if oc == nil || oc.Action != pg.OnConflictAction_ONCONFLICT_UPDATE {
-		if pol := pl.resolve(ins.Relation); pol != nil && pol.Tracked() && len(ins.ReturningList) > 0 {
+		if pol := pl.resolve(ins.Relation); pl.tracks(pol) && len(ins.ReturningList) > 0 {
 			t := target{pol: pol, rv: ins.Relation}
 			return pl.capture(st, []tref{{t: t}}, &ins.ReturningList, true, "RETURNING list")
 		}

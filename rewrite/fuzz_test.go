@@ -41,9 +41,9 @@ func FuzzPlan(f *testing.F) {
 	// Two sets of policies: the general one, and one with a table in each
 	// tracked mode.
 	all := append(testPolicies(), trackedPolicies()...)
-	r := New(all, Options{MaxSQLBytes: 1 << 16, CacheSize: 64})
-	direct := New(all, Options{MaxSQLBytes: 1 << 16, CacheSize: -1})
-	full := New(all, Options{MaxSQLBytes: 1 << 16, CacheSize: -1})
+	r := New(all, Options{Tracking: true, MaxSQLBytes: 1 << 16, CacheSize: 64})
+	direct := New(all, Options{Tracking: true, MaxSQLBytes: 1 << 16, CacheSize: -1})
+	full := New(all, Options{Tracking: true, MaxSQLBytes: 1 << 16, CacheSize: -1})
 	full.fullAnalysis = true
 	var explicitOnly []Policy
 	for _, p := range all {
@@ -52,6 +52,7 @@ func FuzzPlan(f *testing.F) {
 		}
 	}
 	explicit := New(explicitOnly, Options{MaxSQLBytes: 1 << 16, CacheSize: -1})
+	untracking := New(all, Options{MaxSQLBytes: 1 << 16, CacheSize: -1})
 	f.Fuzz(func(t *testing.T, sql, path string) {
 		p, err := r.Plan(sql, path)
 		// Planning through literal-normalized templates must give the
@@ -91,12 +92,22 @@ func FuzzPlan(f *testing.F) {
 		if !r.NeedsPlan(sql) && err == nil && (p.Changed || p.Guarded() || p.SQL != sql) {
 			t.Fatalf("NeedsPlan false with tracked policies, but the plan is %+v", p)
 		}
-		// Without tracked policies nothing of tracked mode appears.
-		if pe, err := explicit.Plan(sql, path); err == nil {
+		// Without tracked policies, or with tracked mode off, nothing of
+		// tracked mode appears, and NeedsPlan keeps its fast path.
+		if !untracking.NeedsPlan(sql) {
+			if pe, err := untracking.Plan(sql, path); err == nil && (pe.Changed || pe.Guarded() || pe.SQL != sql) {
+				t.Fatalf("NeedsPlan false with tracked mode off, but the plan is %+v", pe)
+			}
+		}
+		for _, u := range []*Rewriter{explicit, untracking} {
+			pe, err := u.Plan(sql, path)
+			if err != nil {
+				continue
+			}
 			for i := range pe.Statements {
 				for st := &pe.Statements[i]; st != nil; st = st.Inner {
 					if len(st.Hidden) > 0 || len(st.Captures) > 0 || st.Untracked || st.Inject != nil || st.NewVersion != NewVersionNone || st.AddedReturning {
-						t.Fatalf("explicit policies only, yet tracked-mode plan %+v", st)
+						t.Fatalf("tracked mode off, yet tracked-mode plan %+v", st)
 					}
 				}
 			}

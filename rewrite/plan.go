@@ -165,81 +165,100 @@ type Statement struct {
 	// here; the caller adds that condition. For KindPrepare see Inner.
 	QuietWhenEmpty bool
 
-	// Tracked tables (Policy.Tracked): see "Tracked mode" below.
-	Captures       []Capture
-	Hidden         []HiddenColumn
-	AddedReturning bool
-	Untracked      bool
-	Inject         *Injection
-	NewVersion     NewVersion
+	// Tracked mode (Options.Tracking and a policy with Policy.Tracked):
+	// see "Tracked mode" below. All are zero otherwise.
+	Captures       []Capture      // where the result carries tracked tables' keys and versions
+	Hidden         []HiddenColumn // result columns the rewriter added: the last len(Hidden) fields
+	AddedReturning bool           // the statement had no RETURNING: its whole result is hidden
+	Untracked      bool           // reads a tracked table, but its result cannot be tracked exactly
+	Inject         *Injection     // the version read can be injected (tracked, required modes)
+	NewVersion     NewVersion     // how the row's version after this write is known
 }
 
-// Tracked mode: the contract between the rewriter and the proxy.
+// Tracked mode: the contract between the rewriter and the proxy. It is on
+// only with Options.Tracking, for policies in tracked, required or observe
+// mode; otherwise plans are as in explicit mode.
 //
-// Reading. A statement whose result rows carry rows of a tracked table
-// (a SELECT, top-level or as the body of a SQL-level PREPARE, or the
-// RETURNING of an INSERT, UPDATE or DELETE) has one Capture per table
-// reference whose key and version the rows carry. Each Capture names the
-// result fields that hold the key columns (in Policy.Key order) and the
-// version column. When the statement does not return one of them at a
-// position known before the RowDescription arrives, the rewriter adds it as
-// an extra result column at the end of the target list (or RETURNING list),
-// named pgoptimist_<n>, and lists it in Hidden. The proxy captures only what
-// Captures lists (never other fields that happen to carry a tracked table's
-// OID) and strips the Hidden fields, which are always the last len(Hidden)
-// fields of the RowDescription and of every DataRow, before the client sees
-// anything (Describe answers included). A row whose key or version field is
-// NULL is not captured.
+// Reading. A statement whose result rows carry rows of a tracked table (a
+// SELECT, top-level or as the body of a SQL-level PREPARE, including FOR
+// UPDATE and WITH in front; the RETURNING of an INSERT, UPDATE, DELETE or
+// upsert) has one Capture per table reference whose rows it returns. A
+// Capture names the result fields holding the key columns (in Policy.Key
+// order) and the version column. Those the statement does not return at a
+// position known before the RowDescription arrives are added at the end of
+// its target (or RETURNING) list, as <ref>.<column> AS pgoptimist_<n>, and
+// listed in Hidden, in order: Hidden[i] is always field i-len(Hidden) from
+// the end. A star (*, t.*, (x).*) has a width the rewriter cannot know, so
+// columns at or after a star are not relied on: they are added too. A
+// field's position is therefore a Field: >= 0 from the start, < 0 from the
+// end (Field.Index resolves it).
 //
-// A star (*, t.*) in the target list has a width the rewriter cannot know,
-// so key and version columns at or after a star are not relied on: they are
-// added as hidden columns too. Field positions are therefore given as
-// Field values: >= 0 counts from the first field, < 0 from the end.
+// The proxy strips the hidden fields from the RowDescription, every
+// DataRow, and the RowDescription answering a Describe of the statement or
+// of its portals (text and binary formats: a Bind's result-format codes
+// must cover the added fields, one code for all already does). In the
+// RowDescription a hidden or captured field carries the table's OID and
+// the column's attribute number (negative for xmin, as in pg_attribute),
+// so the proxy can check it is what HiddenColumn (schema, table, column)
+// names. It captures only the fields Captures lists, never other fields
+// that carry a tracked table's OID; a row whose key or version is NULL is
+// not captured. Kind stays KindOther for a read: Command says SELECT.
 //
-// A statement that reads a tracked table but whose result cannot be
-// tracked exactly is left unchanged and marked Untracked (Notes say why):
-// aggregates, DISTINCT, GROUP BY, HAVING, window functions, set operations
-// (UNION, INTERSECT, EXCEPT), SELECT INTO, data-modifying CTEs. A table
-// reference that cannot be tracked in an otherwise trackable statement
-// (on the nullable side of an outer join, read inside a subquery or CTE,
-// the same name twice, renamed columns) simply has no Capture.
+// A read of a tracked table whose result cannot be tracked exactly is left
+// unchanged and marked Untracked (the Notes say why): aggregates (by syntax,
+// by PostgreSQL's built-in names, and Options.Aggregates), DISTINCT and
+// DISTINCT ON, GROUP BY, HAVING, window functions, set operations (UNION,
+// INTERSECT, EXCEPT), SELECT INTO, VALUES, data-modifying CTEs, or no FROM
+// item that can be captured. A table reference that cannot be captured in
+// an otherwise trackable statement (on the nullable side of an outer join,
+// inside an aliased join, read in a subquery or CTE, renamed columns, two
+// references of one name) has no Capture and a note.
 //
 // Writing. A guarded UPDATE, DELETE or upsert on a table in tracked or
-// required mode without a version predicate of its own, whose WHERE pins
+// required mode, without a version predicate of its own, whose WHERE pins
 // every key column with a top-level AND conjunct key = <constant or $n>,
-// has Inject (the upsert: its DO UPDATE WHERE pins the key, or its conflict
-// target is exactly the key and its VALUES row pins it). Keys holds the
-// key values: the proxy looks up the version the session remembers for
-// them and, when it has one, makes the statement checked:
-//   - extended protocol: Parse Inject.SQL instead of SQL, with one more
-//     parameter $Inject.Param (its type in Parse: 0, so that the server
-//     infers the version column's own type; a ParameterDescription then
-//     lists it last, to be stripped). Bind the remembered version there,
-//     or NULL when there is none: the predicate is
+// has Inject (an upsert: its DO UPDATE WHERE pins the key, or its conflict
+// target is exactly the key and its single VALUES row pins it). Keys holds
+// the key values; the proxy looks up the version the session remembers for
+// them and sends the statement as follows:
+//   - extended protocol: Parse Inject.SQL instead of SQL. It has one more
+//     parameter, $Inject.Param (the highest $n of the statement + 1); give
+//     it type 0 in Parse (pad the type list with zeros), so the server
+//     infers the version column's own type (int4, int8, timestamptz, xid,
+//     uuid, ...), and strip it from ParameterDescription answers. Bind the
+//     remembered version there, in the format it was captured in, or NULL
+//     when there is none: the predicate is
 //     "(<ref>.<version> = $N OR $N IS NULL)", so NULL leaves the statement
-//     unchecked (zero rows then are no conflict);
-//   - simple protocol: send WithExpected(version) (the predicate with the
-//     version as a quoted literal) instead of SQL; with no remembered
-//     version send SQL as before;
+//     unchecked. One Parse serves both cases, which a named statement
+//     prepared before any Bind needs;
+//   - simple protocol: with a remembered version (as text) send
+//     WithExpected(version), the statement with
+//     "AND <ref>.<version> = '<version>'" (quoted by QuoteLiteral);
+//     without one send SQL;
 //   - SQL-level PREPARE: the KindPrepare statement has Inject too, whose
-//     SQL is the whole PREPARE; each EXECUTE of it must then pass one more
-//     argument: ExecuteWithExpected on the KindExecute statement.
-// Either way a statement that carries the version is then exactly like an
-// explicitly checked one: zero rows affected is a conflict (VL409), with
-// Keys and the version for the detail.
-// An explicit predicate always wins: Checked is set and Inject is nil.
-// In required mode, Refuse is set as before when there is no explicit
+//     SQL is the whole PREPARE with the parameter form (the parameter's
+//     type is left to inference even when the PREPARE lists types); every
+//     EXECUTE of it then needs one more argument: send the KindExecute
+//     statement's ExecuteWithExpected(version, false), or (.., true) for
+//     NULL. Inner.Inject is the body's.
+// A statement sent with a version is then exactly an explicitly checked
+// one: zero rows affected is a conflict (VL409), Keys and the version make
+// the detail. An explicit predicate always wins: Checked is set and Inject
+// is nil. Required mode: Refuse is set as before when there is no explicit
 // predicate; with Inject it means "refuse unless a version is remembered
-// for Keys". Observe mode never has Inject (no outcome may change).
+// for Keys". Observe mode never has Inject: no outcome may change.
 //
-// Moving on. After a tracked write succeeds, NewVersion says what the
-// session should remember: NewVersionIncrement when the new version is the
-// expected one plus 1 (integer versions incremented by this statement, key
-// pinned); NewVersionReturned when Captures locates it in the statement's
-// result (a hidden RETURNING added for the purpose: AddedReturning says the
-// statement had no RETURNING at all, so every field is hidden, and the
-// client must see neither RowDescription nor DataRow, and NoData for a
-// Describe). A DELETE forgets Keys.
+// Moving on. After a tracked UPDATE or upsert succeeds, NewVersion says how
+// the session learns the row's new version: NewVersionIncrement, the
+// version it was checked against (Expected, or the injected value) plus 1
+// (an integer version this statement increments, key pinned; run unchecked,
+// the new version is unknown: forget Keys); NewVersionReturned, from the
+// result, where Captures says (a RETURNING is added for the purpose when the
+// statement has none: AddedReturning, every field is hidden, and the
+// client must see no RowDescription and no DataRow, and NoData answers a
+// Describe). A DELETE forgets Keys; its RETURNING, if any, is captured
+// like any other (the rows it names are gone). An INSERT ... RETURNING
+// into a tracked table (Kind KindOther, Command CommandInsert) is captured.
 
 // Field locates a result field: n >= 0 is the field at 0-based position n;
 // n < 0 counts from the end (-1 is the last field).
@@ -263,7 +282,7 @@ type Capture struct {
 }
 
 // HiddenColumn is a result column the rewriter added; the client never sees
-// it. Hidden columns are always the last fields of the result.
+// it. Hidden columns are always the last fields of the result, in order.
 type HiddenColumn struct {
 	Field  Field  // < 0: counted from the end
 	Schema string // the table column it returns (as stored, unquoted)
@@ -293,8 +312,9 @@ const (
 )
 
 // WithExpected returns the statement's SQL with the version predicate
-// "AND <ref>.<version> = <literal>" added, the literal quoted by
-// QuoteLiteral. Without Inject it returns SQL.
+// "AND <ref>.<version> = <literal>" added, the literal (the version as
+// text) quoted by QuoteLiteral, for the simple protocol. Without Inject,
+// and for KindPrepare, it returns SQL.
 func (s *Statement) WithExpected(literal string) string {
 	if s.Inject == nil || s.Kind == KindPrepare {
 		return s.SQL

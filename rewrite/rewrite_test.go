@@ -544,8 +544,8 @@ var planCases = []planCase{
 }
 
 func TestPlan(t *testing.T) {
-	r := New(testPolicies(), Options{})
-	full := New(testPolicies(), Options{})
+	r := New(testPolicies(), Options{Tracking: true})
+	full := New(testPolicies(), Options{Tracking: true})
 	full.fullAnalysis = true
 	for _, tc := range planCases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -679,7 +679,7 @@ func mustParse(t *testing.T, sql string, n int) {
 
 // The plan of a text the prefilter rejects is the text itself.
 func TestPlanUntouched(t *testing.T) {
-	r := New(testPolicies(), Options{})
+	r := New(testPolicies(), Options{Tracking: true})
 	for _, sql := range []string{
 		"SELECT 1",
 		"UPDATE other SET version = version + 1 WHERE version = 3",
@@ -706,7 +706,7 @@ func TestPlanUntouched(t *testing.T) {
 }
 
 func TestPlanErrors(t *testing.T) {
-	r := New(testPolicies(), Options{MaxSQLBytes: 100000, MaxDepth: 50})
+	r := New(testPolicies(), Options{Tracking: true, MaxSQLBytes: 100000, MaxDepth: 50})
 	cases := []struct {
 		name string
 		sql  string
@@ -743,7 +743,7 @@ func TestPlanErrors(t *testing.T) {
 
 // Deep input that would overflow pg_query's C stack is refused, not parsed.
 func TestPlanDeepInputDoesNotCrash(t *testing.T) {
-	r := New(testPolicies(), Options{MaxSQLBytes: 10 << 20})
+	r := New(testPolicies(), Options{Tracking: true, MaxSQLBytes: 10 << 20})
 	for _, sql := range []string{
 		"UPDATE address SET x = 1" + strings.Repeat("+1", 300000),
 		"SELECT 1" + strings.Repeat("::int", 300000),
@@ -758,7 +758,7 @@ func TestPlanDeepInputDoesNotCrash(t *testing.T) {
 }
 
 func TestPlanCache(t *testing.T) {
-	r := New(testPolicies(), Options{CacheSize: 8})
+	r := New(testPolicies(), Options{Tracking: true, CacheSize: 8})
 	sql := "UPDATE address SET x = 1 WHERE version = 1"
 	p1, _ := r.Plan(sql, "public")
 	p2, _ := r.Plan(sql, "public")
@@ -791,7 +791,7 @@ func TestPlanCache(t *testing.T) {
 	}
 
 	// No cache.
-	r = New(testPolicies(), Options{CacheSize: -1})
+	r = New(testPolicies(), Options{Tracking: true, CacheSize: -1})
 	p1, _ = r.Plan(sql, "public")
 	p2, _ = r.Plan(sql, "public")
 	if p1 == p2 || p1.SQL != p2.SQL {
@@ -800,7 +800,7 @@ func TestPlanCache(t *testing.T) {
 }
 
 func TestPlanCacheBytes(t *testing.T) {
-	r := New(testPolicies(), Options{CacheBytes: 64 << 10})
+	r := New(testPolicies(), Options{Tracking: true, CacheBytes: 64 << 10})
 	for i := 0; i < 200; i++ {
 		sql := fmt.Sprintf("UPDATE address SET x = '%s' WHERE id = %d", strings.Repeat("y", 2000), i)
 		if _, err := r.Plan(sql, "public"); err != nil {
@@ -815,7 +815,7 @@ func TestPlanCacheBytes(t *testing.T) {
 // The plan does not keep the caller's memory: the proxy may plan text that
 // lives in a reused read buffer.
 func TestPlanCopiesInput(t *testing.T) {
-	r := New(testPolicies(), Options{})
+	r := New(testPolicies(), Options{Tracking: true})
 	buf := []byte("SELECT 1; SELECT 2")
 	s := unsafe.String(&buf[0], len(buf))
 	p, err := r.Plan(s, "public")
@@ -832,7 +832,7 @@ func TestPlanCopiesInput(t *testing.T) {
 }
 
 func TestPlanConcurrent(t *testing.T) {
-	r := New(testPolicies(), Options{CacheSize: 16})
+	r := New(testPolicies(), Options{Tracking: true, CacheSize: 16})
 	var wg sync.WaitGroup
 	for g := 0; g < 8; g++ {
 		wg.Add(1)

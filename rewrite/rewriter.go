@@ -19,6 +19,13 @@ type Options struct {
 	MaxDepth    int // estimated parse-tree nesting limit; 0 = 1000
 	CacheSize   int // cached plans; 0 = 4096, negative = no cache
 	CacheBytes  int // approximate memory the cached plans may hold; 0 = 64 MiB
+	// Tracking turns tracked mode on: policies in tracked, required and
+	// observe modes get hidden result columns, captures and injections
+	// (see plan.go). Off, they are planned as explicit ones are (required
+	// still refuses a write without a version predicate), and reads of
+	// their tables keep NeedsPlan's fast path: for a caller that does not
+	// strip hidden columns.
+	Tracking bool
 	// Aggregates names aggregate functions beyond PostgreSQL's built-in
 	// ones (as stored: unquoted names in lower case), for example every
 	// name of pg_proc WHERE prokind = 'a'. A SELECT that calls one is an
@@ -127,7 +134,7 @@ func New(policies []Policy, opts Options) *Rewriter {
 		p.Key = append([]string(nil), p.Key...)
 		r.policies[i] = p
 		tables = append(tables, p.Table)
-		if p.Tracked() {
+		if p.Tracked() && opts.Tracking {
 			r.tracking = true
 			tracked = append(tracked, p.Table)
 		}
@@ -223,6 +230,10 @@ func entrySize(sql string, p *Plan) int {
 			if st.Inner != nil {
 				n += 256 + len(st.Inner.SQL)
 			}
+			if st.Inject != nil {
+				n += 64 + len(st.Inject.SQL) + len(st.Inject.pre) + len(st.Inject.post)
+			}
+			n += 64 * (len(st.Hidden) + len(st.Captures))
 			if p.Changed {
 				n += len(st.SQL)
 			}

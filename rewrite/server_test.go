@@ -149,7 +149,7 @@ func TestTrackedOnServer(t *testing.T) {
 
 func testTrackedPlans(t *testing.T, conn *pgx.Conn) {
 	at := attrs(t, conn)
-	r := New(trackedPolicies(), Options{})
+	r := New(trackedPolicies(), Options{Tracking: true})
 	for _, tc := range serverReads {
 		p, err := r.Plan(tc.sql, "")
 		if err != nil {
@@ -213,7 +213,7 @@ func versionOf(t *testing.T, tx pgx.Tx, sql string) string {
 }
 
 func testTrackedInjection(t *testing.T, conn *pgx.Conn) {
-	r := New(trackedPolicies(), Options{})
+	r := New(trackedPolicies(), Options{Tracking: true})
 	cases := []struct {
 		sql      string
 		args     []any

@@ -51,6 +51,11 @@ func (pl *planner) isAggregate(fc *pg.FuncCall) bool {
 	return aggregateNames[s.Sval] || pl.r.aggregates[s.Sval]
 }
 
+// tracks reports whether p is a tracked policy and tracked mode is on.
+func (pl *planner) tracks(p *Policy) bool {
+	return p != nil && pl.r.tracking && p.Tracked()
+}
+
 // tref is a tracked table as a FROM list or a write names it.
 type tref struct {
 	t    target
@@ -67,7 +72,7 @@ func (pl *planner) readsTracked(n *pg.Node) bool {
 	found := false
 	walk(n, func(m protoreflect.Message) bool {
 		if rv, ok := m.Interface().(*pg.RangeVar); ok {
-			if p := pl.resolve(rv); p != nil && p.Tracked() {
+			if p := pl.resolve(rv); pl.tracks(p) {
 				found = true
 			}
 		}
@@ -207,7 +212,7 @@ func (pl *planner) fromRefs(n *pg.Node, ctes map[string]bool, nullable, hidden b
 			return // the CTE of that name, not the table
 		}
 		p := pl.resolve(rv)
-		if p == nil || !p.Tracked() {
+		if !pl.tracks(p) {
 			return
 		}
 		r := tref{t: target{pol: p, rv: rv}}
@@ -338,7 +343,7 @@ type pendingInject struct {
 // key column is pinned in a way that names the written row.
 func (pl *planner) trackWrite(st *Statement, t target, root *pg.Node, where *(*pg.Node), returning *[]*pg.Node, single, keysPinned bool) bool {
 	pol := t.pol
-	if !pol.Tracked() {
+	if !pl.tracks(pol) {
 		return false
 	}
 	pinned := keysPinned && len(pol.Key) > 0 && where != nil && (*where).GetCurrentOfExpr() == nil

@@ -413,10 +413,10 @@ var trackedCases = []planCase{
 }
 
 func TestPlanTracked(t *testing.T) {
-	r := New(trackedPolicies(), Options{Aggregates: []string{"my_sum"}})
-	full := New(trackedPolicies(), Options{Aggregates: []string{"my_sum"}})
+	r := New(trackedPolicies(), Options{Tracking: true, Aggregates: []string{"my_sum"}})
+	full := New(trackedPolicies(), Options{Tracking: true, Aggregates: []string{"my_sum"}})
 	full.fullAnalysis = true
-	direct := New(trackedPolicies(), Options{Aggregates: []string{"my_sum"}})
+	direct := New(trackedPolicies(), Options{Tracking: true, Aggregates: []string{"my_sum"}})
 	direct.direct = true
 	for _, tc := range trackedCases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -432,7 +432,7 @@ func TestPlanTracked(t *testing.T) {
 }
 
 func TestStatementFacts(t *testing.T) {
-	r := New(trackedPolicies(), Options{})
+	r := New(trackedPolicies(), Options{Tracking: true})
 	type fact struct {
 		kind    Kind
 		cmd     Command
@@ -526,7 +526,7 @@ func TestQuote(t *testing.T) {
 }
 
 func TestWithExpectedQuotes(t *testing.T) {
-	r := New(trackedPolicies(), Options{})
+	r := New(trackedPolicies(), Options{Tracking: true})
 	p, err := r.Plan("UPDATE pair SET v = 1 WHERE k1 = 1 AND k2 = 'x'", "")
 	if err != nil {
 		t.Fatal(err)
@@ -554,7 +554,7 @@ func TestWithExpectedQuotes(t *testing.T) {
 }
 
 func TestExecuteWithExpected(t *testing.T) {
-	r := New(trackedPolicies(), Options{})
+	r := New(trackedPolicies(), Options{Tracking: true})
 	cases := []struct{ sql, lit, want, null string }{
 		{"EXECUTE p(1, 'a')", "7", "EXECUTE p(1, 'a', '7')", "EXECUTE p(1, 'a', NULL)"},
 		{"EXECUTE p", "it's", "EXECUTE p('it''s')", "EXECUTE p(NULL)"},
@@ -584,7 +584,7 @@ func TestExecuteWithExpected(t *testing.T) {
 // NeedsPlan plans reads only of tables in a tracked mode: reads of explicit
 // tables keep the fast path.
 func TestNeedsPlanTracked(t *testing.T) {
-	r := New(trackedPolicies(), Options{})
+	r := New(trackedPolicies(), Options{Tracking: true})
 	cases := []struct {
 		sql  string
 		want bool
@@ -628,8 +628,8 @@ func TestPlanLiteralsTracked(t *testing.T) {
 		{"DELETE FROM pair WHERE k1 = 1 AND k2 = 'a'", "DELETE FROM pair WHERE k1 = 2 AND k2 = 'b'"},
 	}
 	for _, tc := range cases {
-		r := New(trackedPolicies(), Options{})
-		direct := New(trackedPolicies(), Options{})
+		r := New(trackedPolicies(), Options{Tracking: true})
+		direct := New(trackedPolicies(), Options{Tracking: true})
 		direct.direct = true
 		if _, err := r.Plan(tc.warm, ""); err != nil {
 			t.Fatal(err)
@@ -654,5 +654,34 @@ func TestPlanLiteralsTracked(t *testing.T) {
 				t.Errorf("%q: injection\n got  %q %q\n want %q %q", tc.sql, a.Inject.SQL, a.WithExpected("3"), b.Inject.SQL, b.WithExpected("3"))
 			}
 		}
+	}
+}
+
+// With tracked mode off (a caller that does not strip hidden columns),
+// tracked policies are planned as before.
+func TestTrackingOff(t *testing.T) {
+	r := New(trackedPolicies(), Options{})
+	if r.NeedsPlan("SELECT n FROM counter WHERE id = 1") {
+		t.Error("NeedsPlan plans reads with tracked mode off")
+	}
+	for _, sql := range []string{"SELECT n FROM counter WHERE id = 1", "SELECT count(*) FROM counter"} {
+		if p, err := r.Plan(sql, ""); err != nil || p.Changed || p.Guarded() {
+			t.Errorf("%q: %+v %v", sql, p, err)
+		}
+	}
+	p, err := r.Plan("UPDATE counter SET n = 1 WHERE id = 1; UPDATE req SET n = 1 WHERE id = 1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "UPDATE counter SET n = 1, version = version + 1 WHERE id = 1; UPDATE req SET n = 1, version = version + 1 WHERE id = 1"; p.SQL != want {
+		t.Errorf("got %q, want %q", p.SQL, want)
+	}
+	for _, st := range p.Statements {
+		if st.Inject != nil || st.NewVersion != NewVersionNone || len(st.Hidden) > 0 {
+			t.Errorf("tracked-mode plan %+v", st)
+		}
+	}
+	if !p.Statements[1].Refuse {
+		t.Error("required mode no longer refuses")
 	}
 }
