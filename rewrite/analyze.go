@@ -19,6 +19,9 @@ type planner struct {
 	// instantiation replaces with the literals' values.
 	template bool
 	tmplN    int // the template's number of placeholders
+	// skipReads: tracked reads are not rewritten (a first attempt did not
+	// deparse); they are marked Untracked.
+	skipReads bool
 	// root is the statement being planned (the body, for a PREPARE).
 	root *pg.Node
 	// inject is the injection of the statement being planned, rendered

@@ -323,12 +323,24 @@ func (r *Rewriter) plan(sql string, path []string) (*Plan, error) {
 // tmplN > 0: sql is a literal-normalized template with tmplN placeholders
 // (notes show its parameters as placeholders for the literals).
 func (r *Rewriter) planText(sql string, path []string, tmplN int) (*Plan, []bool, error) {
+	p, rewritten, err := r.planTextOnce(sql, path, tmplN, false)
+	if err != nil && r.tracking && errors.Is(err, ErrDeparse) {
+		// A read is never refused for the rewriter's sake: planned again
+		// without hidden columns, it goes untracked.
+		p, rewritten, err = r.planTextOnce(sql, path, tmplN, true)
+	}
+	return p, rewritten, err
+}
+
+// planTextOnce is planText; skipReads leaves tracked reads alone (marked
+// Untracked).
+func (r *Rewriter) planTextOnce(sql string, path []string, tmplN int, skipReads bool) (*Plan, []bool, error) {
 	tree, err := pg.Parse(sql)
 	if err != nil {
 		return nil, nil, &ParseError{SQL: sql, Err: err}
 	}
 	p := &Plan{SQL: sql}
-	pl := &planner{r: r, path: path, version: tree.Version, template: tmplN > 0, tmplN: tmplN}
+	pl := &planner{r: r, path: path, version: tree.Version, template: tmplN > 0, tmplN: tmplN, skipReads: skipReads}
 	changed := false
 	var rewritten []bool
 	for _, raw := range tree.Stmts {

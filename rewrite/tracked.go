@@ -86,6 +86,11 @@ func (pl *planner) trackRead(st *Statement, node *pg.Node, s *pg.SelectStmt) boo
 	if !pl.r.tracking || !pl.readsTracked(node) {
 		return false
 	}
+	if pl.skipReads {
+		st.Untracked = true
+		st.Notes = append(st.Notes, "reads a tracked table, not tracked: the statement with hidden columns cannot be deparsed")
+		return false
+	}
 	if why := pl.untrackable(node, s); why != "" {
 		st.Untracked = true
 		st.Notes = append(st.Notes, "reads a tracked table, not tracked: "+why)

@@ -193,6 +193,20 @@ var trackedCases = []planCase{
 		out:   "WITH u AS (UPDATE counter SET n = 1, version = version + 1 WHERE id = 1 RETURNING id) SELECT c.n FROM counter c JOIN u USING (id)",
 		stmts: []ws{{policy: "public.counter", inc: true, untracked: true, notes: []string{"data-modifying CTE"}}},
 	},
+	{
+		name:  "a read the deparser cannot write back goes untracked, unchanged",
+		sql:   "SELECT * FROM counter WHERE n > 0 FOR UPDATE OF counter SKIP LOCKED",
+		stmts: []ws{{untracked: true, notes: []string{"cannot be deparsed"}}},
+	},
+	{
+		name: "... and its neighbours are still rewritten",
+		sql:  "SELECT * FROM counter FOR UPDATE OF counter SKIP LOCKED; UPDATE counter SET n = 1 WHERE id = 1",
+		out:  "SELECT * FROM counter FOR UPDATE OF counter SKIP LOCKED;\nUPDATE counter SET n = 1, version = version + 1 WHERE id = 1",
+		stmts: []ws{{sql: "SELECT * FROM counter FOR UPDATE OF counter SKIP LOCKED", untracked: true},
+			{kind: KindUpdate, policy: "public.counter", sql: "UPDATE counter SET n = 1, version = version + 1 WHERE id = 1", inc: true,
+				keys: []KeyValue{key("id", lit("1"))}, newVersion: NewVersionIncrement,
+				inject: &wi{param: 1, sql: "UPDATE counter SET n = 1, version = version + 1 WHERE id = 1 AND (counter.version = $1 OR $1 IS NULL)"}}},
+	},
 	// Reads that are not tracked at all.
 	{name: "explicit-mode table: nothing added", sql: "SELECT n FROM plain WHERE id = 1", stmts: []ws{{}}},
 	{name: "untracked table", sql: "SELECT n FROM other WHERE id = 1", stmts: []ws{{}}},
