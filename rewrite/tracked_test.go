@@ -50,6 +50,33 @@ var trackedCases = []planCase{
 			captures: []wc{{"public.addresses", "a1_0", []Field{0}, -1}}}},
 	},
 	{
+		name: "Django: qualified by the table name",
+		sql:  `SELECT "counter"."id", "counter"."n" FROM "counter" WHERE "counter"."id" = 1 LIMIT 21`,
+		out:  "SELECT counter.id, counter.n, counter.version AS pgoptimist_1 FROM counter WHERE counter.id = 1 LIMIT 21",
+		stmts: []ws{{hidden: hid(-1, "counter", "version"),
+			captures: []wc{{"public.counter", "counter", []Field{0}, -1}}}},
+	},
+	{
+		name:  "SQLAlchemy: labels",
+		sql:   "SELECT counter.id AS counter_id, counter.n AS counter_n, counter.version AS counter_version FROM counter WHERE counter.id = $1",
+		stmts: []ws{{captures: []wc{{"public.counter", "counter", []Field{0}, 2}}}},
+	},
+	{
+		name: "Ecto: AS alias, bracketed WHERE",
+		sql:  `SELECT c0."id", c0."n" FROM "counter" AS c0 WHERE (c0."id" = $1)`,
+		out:  "SELECT c0.id, c0.n, c0.version AS pgoptimist_1 FROM counter c0 WHERE c0.id = $1",
+		stmts: []ws{{hidden: hid(-1, "counter", "version"),
+			captures: []wc{{"public.counter", "c0", []Field{0}, -1}}}},
+	},
+	{
+		name: "Ecto update: bracketed WHERE pins the key",
+		sql:  `UPDATE "counter" AS c0 SET "n" = $1 WHERE (c0."id" = $2)`,
+		out:  "UPDATE counter c0 SET n = $1, version = c0.version + 1 WHERE c0.id = $2",
+		stmts: []ws{{kind: KindUpdate, policy: "public.counter", inc: true, keys: []KeyValue{key("id", param(2))},
+			newVersion: NewVersionIncrement,
+			inject:     &wi{param: 3, sql: "UPDATE counter c0 SET n = $1, version = c0.version + 1 WHERE c0.id = $2 AND (c0.version = $3 OR $3 IS NULL)"}}},
+	},
+	{
 		name:  "unqualified columns of a single table count",
 		sql:   "SELECT id, n, version FROM counter WHERE id = 1",
 		stmts: []ws{{captures: []wc{{"public.counter", "counter", []Field{0}, 2}}}},
