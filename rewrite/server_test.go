@@ -55,6 +55,10 @@ var serverReads = []serverCase{
 	{"SELECT c.n, (SELECT count(*) FROM other o WHERE o.cid = c.id) FROM counter c ORDER BY 1", nil},
 	{"SELECT n AS id FROM counter ORDER BY id", nil},
 	{"SELECT FROM counter", nil},
+	{`SELECT "counter"."id", "counter"."n" FROM "counter" WHERE "counter"."id" = 1 LIMIT 21`, nil},
+	{`SELECT c0."id", c0."n" FROM "counter" AS c0 WHERE (c0."id" = $1)`, []any{2}},
+	{"SELECT * FROM counter WHERE id = 1 FOR NO KEY UPDATE", nil},
+	{"SELECT p.v FROM pair p JOIN counter c ON c.id = p.k1 WHERE p.k2 = 'y'", nil},
 	{`INSERT INTO counter (id, n, name) VALUES ($1, 1, 'z') RETURNING "id"`, []any{50}},
 	{"UPDATE counter c SET n = $2 WHERE c.id = $1 RETURNING c.n", []any{1, 11}},
 	{"DELETE FROM counter WHERE id = $1 RETURNING *", []any{3}},
@@ -233,6 +237,12 @@ func testTrackedInjection(t *testing.T, conn *pgx.Conn) {
 			"SELECT version::text FROM counter WHERE id = 2", "99", "int8"},
 		{"INSERT INTO counter (id, n) VALUES ($1, 2) ON CONFLICT (id) DO UPDATE SET n = excluded.n", []any{3},
 			"SELECT version::text FROM counter WHERE id = 3", "99", "int8"},
+		{"INSERT INTO counter AS c (id, n, name) VALUES (9, 2, 'a') ON CONFLICT (name) DO UPDATE SET n = 3 WHERE c.id = $1", []any{1},
+			"SELECT version::text FROM counter WHERE id = 1", "99", "int8"},
+		{"UPDATE counter SET n = o.x FROM other o WHERE o.cid = counter.id AND counter.id = $1", []any{2},
+			"SELECT version::text FROM counter WHERE id = 2", "99", "int8"},
+		{`UPDATE "counter" AS c0 SET "n" = $1 WHERE (c0."id" = $2)`, []any{5, 1},
+			"SELECT version::text FROM counter WHERE id = 1", "99", "int8"},
 	}
 	ctx := context.Background()
 	for _, tc := range cases {
