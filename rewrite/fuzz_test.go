@@ -218,7 +218,7 @@ func checkTracked(t *testing.T, st *Statement) {
 // naiveMayTouch is the specification of MayTouch.
 func naiveMayTouch(tables []string, s string) bool {
 	ls := foldASCII(s)
-	for _, t := range append(append([]string(nil), tables...), "prepare", "execute", "deallocate", `u&"`) {
+	for _, t := range append(append([]string(nil), tables...), "prepare", "execute", "deallocate", "discard", `u&"`) {
 		if t != "" && strings.Contains(ls, foldASCII(t)) {
 			return true
 		}
@@ -241,7 +241,7 @@ var matcherTableSets = [][]string{
 
 func FuzzMayTouch(f *testing.F) {
 	for _, s := range []string{"", "a", "SELECT 1", "UPDATE ADDRESS SET x", "aaab", "aaaab", "xx", "bc", "abcd",
-		`U&"x"`, "u&'", "EXECUTE", "PréFérence", "STRAßE", "exeCUTE p", "deallocat", "dealLocate", `"we""ird"`} {
+		`U&"x"`, "u&'", "EXECUTE", "DISCARD ALL", "discar", "PréFérence", "STRAßE", "exeCUTE p", "deallocat", "dealLocate", `"we""ird"`} {
 		f.Add(s)
 	}
 	var rs []*Rewriter

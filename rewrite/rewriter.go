@@ -163,9 +163,9 @@ func (r *Rewriter) Policies() []Policy {
 }
 
 // MayTouch is a cheap text prefilter: false means the text names no guarded
-// table and holds no PREPARE, EXECUTE or DEALLOCATE, so Plan would leave it
-// unchanged with only KindOther statements. It may answer true for text
-// that turns out to be unguarded. It does not allocate.
+// table and holds no PREPARE, EXECUTE, DEALLOCATE or DISCARD, so Plan would
+// leave it unchanged with only KindOther statements. It may answer true for
+// text that turns out to be unguarded. It does not allocate.
 func (r *Rewriter) MayTouch(sql string) bool { return r.match.match(sql) }
 
 // CacheStats reports the plan cache's hits and misses since New.
@@ -346,7 +346,7 @@ func (r *Rewriter) planTextOnce(sql string, path []string, tmplN int, skipReads 
 	for _, raw := range tree.Stmts {
 		text := stmtText(sql, raw)
 		if !r.fullAnalysis && !r.match.match(text) {
-			// Names no guarded table and is no PREPARE, EXECUTE or
+			// Names no guarded table and is no PREPARE, EXECUTE, DISCARD or
 			// DEALLOCATE: nothing to look at.
 			st := Statement{SQL: text}
 			st.Command, st.QuietWhenEmpty = commandOf(raw.Stmt)
