@@ -18,6 +18,16 @@ type planner struct {
 	// stand for literals; notes show them as placeholders that
 	// instantiation replaces with the literals' values.
 	template bool
+	tmplN    int // the template's number of placeholders
+	// skipReads: tracked reads are not rewritten (a first attempt did not
+	// deparse); they are marked Untracked.
+	skipReads bool
+	// root is the statement being planned (the body, for a PREPARE).
+	root *pg.Node
+	// inject is the injection of the statement being planned, rendered
+	// once its tree is final; lastInject is the last one rendered (a
+	// PREPARE renders its body's again, wrapped).
+	inject, lastInject *pendingInject
 }
 
 // show renders a value for a note.
@@ -28,7 +38,7 @@ func (pl *planner) show(v Value) string {
 	return v.String()
 }
 
-var modeNames = [...]string{ModeExplicit: "explicit", ModeTracked: "tracked", ModeRequired: "required"}
+var modeNames = [...]string{ModeExplicit: "explicit", ModeTracked: "tracked", ModeRequired: "required", ModeObserve: "observe"}
 
 func (m Mode) String() string {
 	if int(m) >= 0 && int(m) < len(modeNames) {
@@ -46,7 +56,7 @@ func (t VersionType) String() string {
 	return "type(" + strconv.Itoa(int(t)) + ")"
 }
 
-var kindNames = [...]string{KindOther: "other", KindUpdate: "update", KindDelete: "delete", KindUpsert: "upsert", KindPrepare: "prepare", KindExecute: "execute", KindDeallocate: "deallocate"}
+var kindNames = [...]string{KindOther: "other", KindUpdate: "update", KindDelete: "delete", KindUpsert: "upsert", KindPrepare: "prepare", KindExecute: "execute", KindDeallocate: "deallocate", KindDiscard: "discard"}
 
 func (k Kind) String() string {
 	if int(k) >= 0 && int(k) < len(kindNames) {
@@ -151,15 +161,33 @@ func (t target) isColumn(cr *pg.ColumnRef, col string) bool {
 // whether the tree was changed.
 func (pl *planner) statement(node *pg.Node, text string) (Statement, bool, error) {
 	st := Statement{SQL: text}
+	st.Command, st.QuietWhenEmpty = commandOf(node)
 	changed := false
 	walkFrom := node
+	pl.root, pl.inject = node, nil
 	switch n := node.GetNode().(type) {
+	case *pg.Node_SelectStmt:
+		changed = pl.trackRead(&st, node, n.SelectStmt)
 	case *pg.Node_UpdateStmt:
 		changed = pl.update(&st, n.UpdateStmt)
 	case *pg.Node_DeleteStmt:
-		pl.delete(&st, n.DeleteStmt)
+		changed = pl.delete(&st, n.DeleteStmt)
 	case *pg.Node_InsertStmt:
 		changed = pl.upsert(&st, n.InsertStmt)
+	case *pg.Node_DiscardStmt:
+		st.Kind = KindDiscard
+		switch n.DiscardStmt.Target {
+		case pg.DiscardMode_DISCARD_ALL:
+			st.Discard = DiscardAll
+			st.Notes = append(st.Notes, "discards all: every prepared statement is deallocated")
+		case pg.DiscardMode_DISCARD_PLANS:
+			st.Discard = DiscardPlans
+		case pg.DiscardMode_DISCARD_SEQUENCES:
+			st.Discard = DiscardSequences
+		case pg.DiscardMode_DISCARD_TEMP:
+			st.Discard = DiscardTemp
+		}
+		return st, false, nil
 	case *pg.Node_MergeStmt:
 		changed = pl.embedded(&st, node, "")
 	case *pg.Node_ExplainStmt:
@@ -180,7 +208,7 @@ func (pl *planner) statement(node *pg.Node, text string) (Statement, bool, error
 		for _, a := range n.ExecuteStmt.Params {
 			st.ExecuteArgs = append(st.ExecuteArgs, pl.valueOf(a))
 		}
-		st.Notes = append(st.Notes, fmt.Sprintf("executes prepared statement %s with %d argument(s)", quoteIdent(st.ExecuteName), len(st.ExecuteArgs)))
+		st.Notes = append(st.Notes, fmt.Sprintf("executes prepared statement %s with %d argument(s)", QuoteIdent(st.ExecuteName), len(st.ExecuteArgs)))
 		return st, false, nil
 	case *pg.Node_DeallocateStmt:
 		st.Kind = KindDeallocate
@@ -189,7 +217,7 @@ func (pl *planner) statement(node *pg.Node, text string) (Statement, bool, error
 			st.Notes = append(st.Notes, "deallocates all prepared statements")
 		} else {
 			st.DeallocateName = n.DeallocateStmt.Name
-			st.Notes = append(st.Notes, "deallocates prepared statement "+quoteIdent(st.DeallocateName))
+			st.Notes = append(st.Notes, "deallocates prepared statement "+QuoteIdent(st.DeallocateName))
 		}
 		return st, false, nil
 	case *pg.Node_CreateFunctionStmt, *pg.Node_RuleStmt:
@@ -199,13 +227,38 @@ func (pl *planner) statement(node *pg.Node, text string) (Statement, bool, error
 		changed = true
 	}
 	if changed {
-		out, err := pg.Deparse(&pg.ParseResult{Version: pl.version, Stmts: []*pg.RawStmt{{Stmt: node}}})
+		out, err := pl.deparse(node)
 		if err != nil {
-			return st, false, fmt.Errorf("rewrite: %w: %v", ErrDeparse, err)
+			return st, false, err
 		}
-		st.SQL = trimStatement(out)
+		st.SQL = out
+	}
+	if pi := pl.inject; pi != nil {
+		pl.inject, pl.lastInject = nil, pi
+		var err error
+		if st.Inject.SQL, st.Inject.pre, st.Inject.post, err = pl.renderInject(node, pi); err != nil {
+			return st, false, err
+		}
 	}
 	return st, changed, nil
+}
+
+// commandOf is a statement's SQL command, and whether it is a plain
+// UPDATE, DELETE or INSERT without a WITH clause.
+func commandOf(node *pg.Node) (Command, bool) {
+	switch n := node.GetNode().(type) {
+	case *pg.Node_SelectStmt:
+		return CommandSelect, false
+	case *pg.Node_InsertStmt:
+		return CommandInsert, n.InsertStmt.WithClause == nil
+	case *pg.Node_UpdateStmt:
+		return CommandUpdate, n.UpdateStmt.WithClause == nil
+	case *pg.Node_DeleteStmt:
+		return CommandDelete, n.DeleteStmt.WithClause == nil
+	case *pg.Node_MergeStmt:
+		return CommandMerge, false
+	}
+	return CommandOther, false
 }
 
 func explainAnalyze(e *pg.ExplainStmt) bool {
@@ -278,22 +331,31 @@ func (pl *planner) update(st *Statement, u *pg.UpdateStmt) bool {
 	qualify := t.rv.Alias != nil || len(u.FromClause) > 0
 	changed := pl.increment(st, t, &u.TargetList, qualify)
 	pl.check(st, t, u.WhereClause)
+	if pl.trackWrite(st, t, pl.root, &u.WhereClause, &u.ReturningList, len(u.FromClause) == 0, len(st.Keys) == len(t.pol.Key)) {
+		changed = true
+	}
 	return changed
 }
 
 // delete plans a top-level DELETE.
-func (pl *planner) delete(st *Statement, d *pg.DeleteStmt) {
+func (pl *planner) delete(st *Statement, d *pg.DeleteStmt) bool {
 	t, ok := pl.guardedTarget(st, d.Relation, KindDelete)
 	if !ok {
-		return
+		return false
 	}
 	pl.check(st, t, d.WhereClause)
+	return pl.trackWrite(st, t, pl.root, &d.WhereClause, &d.ReturningList, len(d.UsingClause) == 0, len(st.Keys) == len(t.pol.Key))
 }
 
 // upsert plans a top-level INSERT; only ON CONFLICT DO UPDATE is guarded.
+// The RETURNING of any INSERT into a tracked table is captured.
 func (pl *planner) upsert(st *Statement, ins *pg.InsertStmt) bool {
 	oc := ins.OnConflictClause
 	if oc == nil || oc.Action != pg.OnConflictAction_ONCONFLICT_UPDATE {
+		if pol := pl.resolve(ins.Relation); pl.tracks(pol) && len(ins.ReturningList) > 0 {
+			t := target{pol: pol, rv: ins.Relation}
+			return pl.capture(st, []tref{{t: t}}, &ins.ReturningList, true, "RETURNING list")
+		}
 		return false
 	}
 	t, ok := pl.guardedTarget(st, ins.Relation, KindUpsert)
@@ -304,8 +366,37 @@ func (pl *planner) upsert(st *Statement, ins *pg.InsertStmt) bool {
 	// the increment must name the existing row (never EXCLUDED).
 	changed := pl.increment(st, t, &oc.TargetList, true)
 	pl.check(st, t, oc.WhereClause)
+	// The row the DO UPDATE arm writes is pinned by its WHERE, or by the
+	// VALUES row when the conflict is on exactly the key.
+	pinned := len(st.Keys) == len(t.pol.Key)
 	pl.valuesKeys(st, t, ins)
+	if !pinned && len(st.Keys) == len(t.pol.Key) && conflictOnKey(oc, t.pol.Key) {
+		pinned = true
+	}
+	// An injected predicate goes into the DO UPDATE arm's own WHERE.
+	if pl.trackWrite(st, t, pl.root, &oc.WhereClause, &ins.ReturningList, true, pinned) {
+		changed = true
+	}
 	return changed
+}
+
+// conflictOnKey reports whether ON CONFLICT names exactly the key columns.
+func conflictOnKey(oc *pg.OnConflictClause, key []string) bool {
+	if oc.Infer == nil || oc.Infer.Conname != "" || oc.Infer.WhereClause != nil || len(oc.Infer.IndexElems) != len(key) {
+		return false
+	}
+	for _, k := range key {
+		found := false
+		for _, e := range oc.Infer.IndexElems {
+			if ie := e.GetIndexElem(); ie != nil && ie.Name == k && ie.Expr == nil {
+				found = true
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
 }
 
 // valuesKeys adds keys pinned by a single-row VALUES list of an INSERT when
@@ -327,7 +418,7 @@ func (pl *planner) valuesKeys(st *Statement, t target, ins *pg.InsertStmt) {
 			if rt := c.GetResTarget(); rt != nil && rt.Name == k && len(rt.Indirection) == 0 {
 				if v := pl.valueOf(row.Items[i]); v.Kind == ValueLiteral || v.Kind == ValueParam {
 					st.Keys = append(st.Keys, KeyValue{Column: k, Value: v})
-					st.Notes = append(st.Notes, fmt.Sprintf("key %s = %s (from VALUES)", quoteIdent(k), pl.show(v)))
+					st.Notes = append(st.Notes, fmt.Sprintf("key %s = %s (from VALUES)", QuoteIdent(k), pl.show(v)))
 				}
 			}
 		}
@@ -349,7 +440,7 @@ func (pl *planner) increment(st *Statement, t target, list *[]*pg.Node, qualify 
 	col := t.pol.Column
 	for _, n := range *list {
 		if rt := n.GetResTarget(); rt != nil && rt.Name == col {
-			st.Notes = append(st.Notes, fmt.Sprintf("application assigns %s: increment left alone", quoteIdent(col)))
+			st.Notes = append(st.Notes, fmt.Sprintf("application assigns %s: increment left alone", QuoteIdent(col)))
 			return false
 		}
 	}
@@ -358,10 +449,10 @@ func (pl *planner) increment(st *Statement, t target, list *[]*pg.Node, qualify 
 	switch t.pol.Type {
 	case TypeInteger:
 		var fields []*pg.Node
-		ref := quoteIdent(col)
+		ref := QuoteIdent(col)
 		if qualify {
 			fields = append(fields, pg.MakeStrNode(t.refName()))
-			ref = quoteIdent(t.refName()) + "." + ref
+			ref = QuoteIdent(t.refName()) + "." + ref
 		}
 		fields = append(fields, pg.MakeStrNode(col))
 		val = pg.MakeAExprNode(pg.A_Expr_Kind_AEXPR_OP, []*pg.Node{pg.MakeStrNode("+")},
@@ -382,7 +473,7 @@ func (pl *planner) increment(st *Statement, t target, list *[]*pg.Node, qualify 
 	}
 	*list = append(*list, pg.MakeResTargetNodeWithNameAndVal(col, val, -1))
 	st.Incremented = true
-	st.Notes = append(st.Notes, fmt.Sprintf("added increment %s = %s", quoteIdent(col), desc))
+	st.Notes = append(st.Notes, fmt.Sprintf("added increment %s = %s", QuoteIdent(col), desc))
 	return true
 }
 
@@ -404,7 +495,7 @@ func (pl *planner) check(st *Statement, t target, where *pg.Node) {
 		if v, ok := pl.equality(c, t, t.pol.Column); ok {
 			st.Checked = true
 			st.Expected = v
-			st.Notes = append(st.Notes, fmt.Sprintf("found version predicate %s = %s", quoteIdent(t.pol.Column), pl.show(v)))
+			st.Notes = append(st.Notes, fmt.Sprintf("found version predicate %s = %s", QuoteIdent(t.pol.Column), pl.show(v)))
 			break
 		}
 	}
@@ -412,14 +503,14 @@ func (pl *planner) check(st *Statement, t target, where *pg.Node) {
 		for _, c := range conj {
 			if v, ok := pl.equality(c, t, k); ok && (v.Kind == ValueLiteral || v.Kind == ValueParam) {
 				st.Keys = append(st.Keys, KeyValue{Column: k, Value: v})
-				st.Notes = append(st.Notes, fmt.Sprintf("key %s = %s", quoteIdent(k), pl.show(v)))
+				st.Notes = append(st.Notes, fmt.Sprintf("key %s = %s", QuoteIdent(k), pl.show(v)))
 				break
 			}
 		}
 	}
 	if !st.Checked {
 		if mentions(where, t, t.pol.Column) {
-			st.Notes = append(st.Notes, fmt.Sprintf("%s appears in WHERE but not as a top-level AND conjunct %s = ...: not checked", quoteIdent(t.pol.Column), quoteIdent(t.pol.Column)))
+			st.Notes = append(st.Notes, fmt.Sprintf("%s appears in WHERE but not as a top-level AND conjunct %s = ...: not checked", QuoteIdent(t.pol.Column), QuoteIdent(t.pol.Column)))
 		}
 		st.Notes = append(st.Notes, "no version predicate: written unchecked")
 	}
@@ -528,13 +619,21 @@ func (pl *planner) prepare(p *pg.PrepareStmt, text string) (Statement, bool, err
 		return st, false, err
 	}
 	st.Inner = &inner
-	st.Notes = append(st.Notes, fmt.Sprintf("prepares %s: %s statement", quoteIdent(p.Name), inner.Kind))
+	st.Notes = append(st.Notes, fmt.Sprintf("prepares %s: %s statement", QuoteIdent(p.Name), inner.Kind))
+	wrapper := &pg.Node{Node: &pg.Node_PrepareStmt{PrepareStmt: p}}
 	if changed {
-		out, err := pg.Deparse(&pg.ParseResult{Version: pl.version, Stmts: []*pg.RawStmt{{Stmt: &pg.Node{Node: &pg.Node_PrepareStmt{PrepareStmt: p}}}}})
-		if err != nil {
-			return st, false, fmt.Errorf("rewrite: %w: %v", ErrDeparse, err)
+		if st.SQL, err = pl.deparse(wrapper); err != nil {
+			return st, false, err
 		}
-		st.SQL = trimStatement(out)
+	}
+	if inner.Inject != nil && pl.lastInject != nil {
+		// The whole PREPARE with the parameter form of the predicate; the
+		// parameter's type is left to the server to infer.
+		sql, _, _, err := pl.renderInject(wrapper, pl.lastInject)
+		if err != nil {
+			return st, false, err
+		}
+		st.Inject = &Injection{Param: inner.Inject.Param, Type: inner.Inject.Type, SQL: sql}
 	}
 	return st, changed, nil
 }
@@ -608,7 +707,7 @@ func (pl *planner) ctes(st *Statement, n *pg.Node) bool {
 	changed := false
 	walk(n, func(m protoreflect.Message) bool {
 		if c, ok := m.Interface().(*pg.CommonTableExpr); ok {
-			if pl.embedded(st, c.Ctequery, "data-modifying CTE "+quoteIdent(c.Ctename)+":") {
+			if pl.embedded(st, c.Ctequery, "data-modifying CTE "+QuoteIdent(c.Ctename)+":") {
 				changed = true
 			}
 		}
@@ -644,20 +743,4 @@ func walkMsg(m protoreflect.Message, fn func(protoreflect.Message) bool) {
 		walkMsg(v.Message(), fn)
 		return true
 	})
-}
-
-// quoteIdent quotes an identifier for notes when PostgreSQL would need it.
-func quoteIdent(s string) string {
-	plain := s != ""
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if !(c >= 'a' && c <= 'z' || c == '_' || i > 0 && (c >= '0' && c <= '9' || c == '$')) {
-			plain = false
-			break
-		}
-	}
-	if plain {
-		return s
-	}
-	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
 }

@@ -179,3 +179,37 @@ func BenchmarkMayTouchSelect(b *testing.B) {
 		}
 	}
 }
+
+// Tracked reads with inlined keys (simple protocol): planned from the
+// literal template, as the proxy would for every such SELECT.
+func BenchmarkPlanTrackedReadLiteral(b *testing.B) {
+	ps := benchPolicies()
+	ps[0].Mode = ModeTracked
+	r := New(ps, Options{Tracking: true})
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		sql := "SELECT state, county FROM address WHERE id = " + strconv.Itoa(i%100000)
+		if _, err := r.Plan(sql, "public"); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// A tracked update with an inlined key: its injection comes from the
+// template too.
+func BenchmarkPlanTrackedUpdateLiteral(b *testing.B) {
+	ps := benchPolicies()
+	ps[0].Mode = ModeTracked
+	r := New(ps, Options{Tracking: true})
+	b.ReportAllocs()
+	for i := 0; i < b.N; i++ {
+		sql := "UPDATE address SET county = 'x' WHERE id = " + strconv.Itoa(i%100000)
+		p, err := r.Plan(sql, "public")
+		if err != nil {
+			b.Fatal(err)
+		}
+		if p.Statements[0].Inject == nil {
+			b.Fatal("no injection")
+		}
+	}
+}

@@ -35,17 +35,24 @@ func FuzzPlan(f *testing.F) {
 	} {
 		f.Add(s, "public")
 	}
-	r := New(testPolicies(), Options{MaxSQLBytes: 1 << 16, CacheSize: 64})
-	direct := New(testPolicies(), Options{MaxSQLBytes: 1 << 16, CacheSize: -1})
-	full := New(testPolicies(), Options{MaxSQLBytes: 1 << 16, CacheSize: -1})
+	for _, tc := range trackedCases {
+		f.Add(tc.sql, "public")
+	}
+	// Two sets of policies: the general one, and one with a table in each
+	// tracked mode.
+	all := append(testPolicies(), trackedPolicies()...)
+	r := New(all, Options{Tracking: true, MaxSQLBytes: 1 << 16, CacheSize: 64})
+	direct := New(all, Options{Tracking: true, MaxSQLBytes: 1 << 16, CacheSize: -1})
+	full := New(all, Options{Tracking: true, MaxSQLBytes: 1 << 16, CacheSize: -1})
 	full.fullAnalysis = true
 	var explicitOnly []Policy
-	for _, p := range testPolicies() {
+	for _, p := range all {
 		if p.Mode == ModeExplicit {
 			explicitOnly = append(explicitOnly, p)
 		}
 	}
 	explicit := New(explicitOnly, Options{MaxSQLBytes: 1 << 16, CacheSize: -1})
+	untracking := New(all, Options{MaxSQLBytes: 1 << 16, CacheSize: -1})
 	f.Fuzz(func(t *testing.T, sql, path string) {
 		p, err := r.Plan(sql, path)
 		// Planning through literal-normalized templates must give the
@@ -80,6 +87,29 @@ func FuzzPlan(f *testing.F) {
 		if !explicit.NeedsPlan(sql) {
 			if pe, err := explicit.Plan(sql, path); err == nil && (pe.Changed || pe.Guarded() || pe.SQL != sql) {
 				t.Fatalf("NeedsPlan false, but the plan is %+v", pe)
+			}
+		}
+		if !r.NeedsPlan(sql) && err == nil && (p.Changed || p.Guarded() || p.SQL != sql) {
+			t.Fatalf("NeedsPlan false with tracked policies, but the plan is %+v", p)
+		}
+		// Without tracked policies, or with tracked mode off, nothing of
+		// tracked mode appears, and NeedsPlan keeps its fast path.
+		if !untracking.NeedsPlan(sql) {
+			if pe, err := untracking.Plan(sql, path); err == nil && (pe.Changed || pe.Guarded() || pe.SQL != sql) {
+				t.Fatalf("NeedsPlan false with tracked mode off, but the plan is %+v", pe)
+			}
+		}
+		for _, u := range []*Rewriter{explicit, untracking} {
+			pe, err := u.Plan(sql, path)
+			if err != nil {
+				continue
+			}
+			for i := range pe.Statements {
+				for st := &pe.Statements[i]; st != nil; st = st.Inner {
+					if len(st.Hidden) > 0 || len(st.Captures) > 0 || st.Untracked || st.Inject != nil || st.NewVersion != NewVersionNone || st.AddedReturning {
+						t.Fatalf("tracked mode off, yet tracked-mode plan %+v", st)
+					}
+				}
 			}
 		}
 		// The per-statement prefilter must not change any plan.
@@ -132,14 +162,63 @@ func FuzzPlan(f *testing.F) {
 			if st.Checked && st.Expected.Kind == ValueNone {
 				t.Errorf("Checked without an expected value")
 			}
+			for s := st; s != nil; s = s.Inner {
+				checkTracked(t, s)
+			}
 		}
 	})
+}
+
+// checkTracked checks the tracked-mode invariants of one statement.
+func checkTracked(t *testing.T, st *Statement) {
+	t.Helper()
+	for i, h := range st.Hidden {
+		if want := Field(i - len(st.Hidden)); h.Field != want {
+			t.Fatalf("hidden column %d at %d, want %d (the last fields)", i, h.Field, want)
+		}
+	}
+	for _, c := range st.Captures {
+		if !c.Policy.Tracked() {
+			t.Fatalf("capture of %s, mode %s", c.Policy.QualifiedName(), c.Policy.Mode)
+		}
+		if len(c.Keys) != len(c.Policy.Key) {
+			t.Fatalf("capture with %d key fields for %d key columns", len(c.Keys), len(c.Policy.Key))
+		}
+		for _, f := range append(append([]Field(nil), c.Keys...), c.Version) {
+			if f < 0 && int(-f) > len(st.Hidden) {
+				t.Fatalf("capture field %d beyond the %d hidden columns", f, len(st.Hidden))
+			}
+			if f < 0 {
+				h := st.Hidden[len(st.Hidden)+int(f)]
+				if h.Schema != c.Policy.Schema || h.Table != c.Policy.Table {
+					t.Fatalf("capture of %s at a hidden column of %s.%s", c.Policy.QualifiedName(), h.Schema, h.Table)
+				}
+			}
+		}
+	}
+	if len(st.Hidden) > 0 && len(st.Captures) == 0 {
+		t.Fatalf("hidden columns without a capture")
+	}
+	if st.AddedReturning && len(st.Hidden) == 0 {
+		t.Fatalf("RETURNING added without hidden columns")
+	}
+	if st.Inject != nil {
+		if st.Kind != KindPrepare && (st.Policy == nil || !st.Policy.Tracked() || st.Policy.Mode == ModeObserve || st.Checked) {
+			t.Fatalf("injection on %+v", st)
+		}
+		for _, sql := range []string{st.Inject.SQL, st.WithExpected("1")} {
+			tree, err := pg.Parse(sql)
+			if err != nil || len(tree.Stmts) != 1 {
+				t.Fatalf("injected %q does not parse to one statement: %v", sql, err)
+			}
+		}
+	}
 }
 
 // naiveMayTouch is the specification of MayTouch.
 func naiveMayTouch(tables []string, s string) bool {
 	ls := foldASCII(s)
-	for _, t := range append(append([]string(nil), tables...), "prepare", "execute", "deallocate", `u&"`) {
+	for _, t := range append(append([]string(nil), tables...), "prepare", "execute", "deallocate", "discard", `u&"`) {
 		if t != "" && strings.Contains(ls, foldASCII(t)) {
 			return true
 		}
@@ -162,7 +241,7 @@ var matcherTableSets = [][]string{
 
 func FuzzMayTouch(f *testing.F) {
 	for _, s := range []string{"", "a", "SELECT 1", "UPDATE ADDRESS SET x", "aaab", "aaaab", "xx", "bc", "abcd",
-		`U&"x"`, "u&'", "EXECUTE", "PréFérence", "STRAßE", "exeCUTE p", "deallocat", "dealLocate", `"we""ird"`} {
+		`U&"x"`, "u&'", "EXECUTE", "DISCARD ALL", "discar", "PréFérence", "STRAßE", "exeCUTE p", "deallocat", "dealLocate", `"we""ird"`} {
 		f.Add(s)
 	}
 	var rs []*Rewriter

@@ -30,11 +30,20 @@ type matcher struct {
 	any     bool
 }
 
-// keywordNeedles make every PREPARE, EXECUTE and DEALLOCATE statement reach
-// the parser.
-var keywordNeedles = []string{"prepare", "execute", "deallocate"}
+// keywordNeedles make every PREPARE, EXECUTE, DEALLOCATE and DISCARD
+// statement reach the parser.
+var keywordNeedles = []string{"prepare", "execute", "deallocate", "discard"}
 
 func newMatcher(tables []string) *matcher {
+	return newNeedleMatcher(tables, keywordNeedles)
+}
+
+// newTableMatcher matches the table names only.
+func newTableMatcher(tables []string) *matcher {
+	return newNeedleMatcher(tables, nil)
+}
+
+func newNeedleMatcher(tables, keywords []string) *matcher {
 	m := &matcher{}
 	var needles []string
 	seen := map[string]bool{}
@@ -52,8 +61,11 @@ func newMatcher(tables []string) *matcher {
 			add(strings.ReplaceAll(t, `"`, `""`)) // as written inside a quoted identifier
 		}
 	}
-	for _, k := range keywordNeedles {
+	for _, k := range keywords {
 		add(k)
+	}
+	if len(needles) == 0 {
+		return m
 	}
 	m.minLen = len(needles[0])
 	for _, n := range needles {
@@ -191,14 +203,15 @@ func (m *matcher) at(s string, i int) bool {
 // NeedsPlan is MayTouch with a fast path for reads: false means Plan would
 // leave the text unchanged with no guarded statement, so it can be
 // forwarded as is. It is false when MayTouch is, and also for a single
-// read-only statement (readOnly) when no policy is in tracked or required
-// mode (those need to see the SELECTs of guarded tables). It may answer true
-// for text that turns out to be unguarded. It does not allocate.
+// read-only statement (readOnly) that names no table of a tracked policy
+// (tracked, required, observe: their reads are planned, to capture
+// versions). It may answer true for text that turns out to be unguarded. It
+// does not allocate.
 func (r *Rewriter) NeedsPlan(sql string) bool {
 	if !r.match.match(sql) {
 		return false
 	}
-	return r.readsMatter || !readOnly(sql)
+	return !readOnly(sql) || r.tracking && r.trackedMatch.match(sql)
 }
 
 // readOnly reports whether s is a single statement that writes nothing:

@@ -62,7 +62,7 @@ func TestMayTouchNoPolicies(t *testing.T) {
 }
 
 func TestMayTouchAllocs(t *testing.T) {
-	r := New(testPolicies(), Options{})
+	r := New(testPolicies(), Options{Tracking: true})
 	sql := "SELECT id, name, email FROM customers WHERE id = $1 AND tenant = $2 ORDER BY name LIMIT 10"
 	if n := testing.AllocsPerRun(100, func() { r.MayTouch(sql) }); n != 0 {
 		t.Errorf("MayTouch allocates %v times", n)
@@ -70,7 +70,7 @@ func TestMayTouchAllocs(t *testing.T) {
 }
 
 func TestPlanCachedAllocs(t *testing.T) {
-	r := New(testPolicies(), Options{})
+	r := New(testPolicies(), Options{Tracking: true})
 	sql := "UPDATE address SET x = $1 WHERE id = $2 AND version = $3"
 	if _, err := r.Plan(sql, "public"); err != nil {
 		t.Fatal(err)

@@ -418,9 +418,13 @@ type pattern struct {
 }
 
 type patRef struct {
-	lit  int   // the literal, 0-based
+	lit  int   // the literal, 0-based; injectRef: the injected parameter
 	wrap uint8 // when to bracket the literal
 }
+
+// injectRef stands for the parameter tracked mode injects, which is $1 in
+// the text itself (see trackWrite).
+const injectRef = -1
 
 const (
 	wrapAlways uint8 = 1 << iota // $1[1], $1.f: a literal needs brackets
@@ -430,8 +434,9 @@ const (
 // newPattern finds the placeholders ($1..$n) of text. exact: the text is
 // (part of) the normalized input itself, whose literals go back exactly as
 // written; otherwise it is deparser output, where a literal may need
-// brackets to mean what the placeholder means.
-func newPattern(text string, n int, exact bool) (pattern, bool) {
+// brackets to mean what the placeholder means. $n+1, the injected
+// parameter, is accepted where inject is true.
+func newPattern(text string, n int, exact bool, inject ...bool) (pattern, bool) {
 	var p pattern
 	last := 0
 	for i := 0; ; {
@@ -444,6 +449,12 @@ func newPattern(text string, n int, exact bool) (pattern, bool) {
 			continue
 		}
 		v, err := strconv.Atoi(text[a+1 : b])
+		if err == nil && v == n+1 && len(inject) > 0 && inject[0] {
+			p.parts = append(p.parts, text[last:a])
+			p.refs = append(p.refs, patRef{lit: injectRef})
+			last = b
+			continue
+		}
 		if err != nil || v < 1 || v > n {
 			return pattern{}, false
 		}
@@ -486,6 +497,10 @@ func (p *pattern) render(src string, lits []litSpan, exact bool) string {
 		n += len(s)
 	}
 	for _, r := range p.refs {
+		if r.lit == injectRef {
+			n += 2
+			continue
+		}
 		l := lits[r.lit]
 		n += l.end - l.start + 3
 	}
@@ -493,6 +508,10 @@ func (p *pattern) render(src string, lits []litSpan, exact bool) string {
 	b.Grow(n)
 	for i, r := range p.refs {
 		b.WriteString(p.parts[i])
+		if r.lit == injectRef {
+			b.WriteString("$1")
+			continue
+		}
 		l := lits[r.lit]
 		if exact {
 			b.WriteString(src[l.start:l.end])
@@ -527,15 +546,21 @@ type template struct {
 	sql     pattern // Plan.SQL when changed and not single
 	stmts   []Statement
 	stmtSQL []pattern
-	exact   []bool // the statement was not rewritten: its SQL is the input's text
+	inject  []*injectPattern // per statement: its Inject's texts, or nil
+	exact   []bool           // the statement was not rewritten: its SQL is the input's text
 	notes   [][]bool
 	size    int
+}
+
+// injectPattern is an Injection's texts as patterns.
+type injectPattern struct {
+	sql, pre, post pattern
 }
 
 // newTemplate plans the normalized text norm, which has n placeholders.
 func (r *Rewriter) newTemplate(norm string, path []string, n int) *template {
 	bad := &template{bad: true, size: 2*len(norm) + 256}
-	p, rewritten, err := r.planText(norm, path, true)
+	p, rewritten, err := r.planText(norm, path, n)
 	if err != nil {
 		return bad
 	}
@@ -557,6 +582,19 @@ func (r *Rewriter) newTemplate(norm string, path []string, n int) *template {
 		}
 		t.stmtSQL = append(t.stmtSQL, sp)
 		t.exact = append(t.exact, exact)
+		var ip *injectPattern
+		if st.Inject != nil {
+			ip = &injectPattern{}
+			var ok1, ok2, ok3 bool
+			ip.sql, ok1 = newPattern(st.Inject.SQL, n, false, true)
+			ip.pre, ok2 = newPattern(st.Inject.pre, n, false)
+			ip.post, ok3 = newPattern(st.Inject.post, n, false)
+			if !ok1 || !ok2 || !ok3 {
+				return bad
+			}
+			t.size += ip.sql.size() + ip.pre.size() + ip.post.size()
+		}
+		t.inject = append(t.inject, ip)
 		var refs []bool
 		for j, note := range st.Notes {
 			if strings.IndexByte(note, noteRefOpen) >= 0 {
@@ -628,6 +666,10 @@ func (t *template) instantiate(src string, lits []litSpan) *Plan {
 	for i := range t.stmts {
 		st := t.stmts[i]
 		st.SQL = t.stmtSQL[i].render(src, lits, t.exact[i])
+		if ip := t.inject[i]; ip != nil {
+			st.Inject = &Injection{Param: st.Inject.Param, Type: st.Inject.Type,
+				SQL: ip.sql.render(src, lits, false), pre: ip.pre.render(src, lits, false), post: ip.post.render(src, lits, false)}
+		}
 		st.Expected = val(st.Expected)
 		for _, kv := range st.Keys {
 			if kv.Value.Kind == ValueParam {
@@ -791,6 +833,17 @@ func stmtDiff(x, y *Statement, notes bool) string {
 		return "keys differ"
 	case !slices.Equal(x.ExecuteArgs, y.ExecuteArgs):
 		return "EXECUTE arguments differ"
+	case x.Command != y.Command || x.QuietWhenEmpty != y.QuietWhenEmpty || x.Discard != y.Discard:
+		return "command facts differ"
+	case x.Untracked != y.Untracked || x.AddedReturning != y.AddedReturning || x.NewVersion != y.NewVersion ||
+		!slices.Equal(x.Hidden, y.Hidden) || !slices.EqualFunc(x.Captures, y.Captures, sameCapture):
+		return "tracking differs"
+	case (x.Inject == nil) != (y.Inject == nil):
+		return "injection differs"
+	case x.Inject != nil && (x.Inject.Param != y.Inject.Param || x.Inject.Type != y.Inject.Type ||
+		x.Inject.SQL != y.Inject.SQL && !sameSQL(x.Inject.SQL, y.Inject.SQL) ||
+		!sameSQL(x.WithExpected("0"), y.WithExpected("0"))):
+		return "injected SQL differs"
 	case x.PrepareName != y.PrepareName || x.ExecuteName != y.ExecuteName ||
 		x.DeallocateName != y.DeallocateName || x.DeallocateAll != y.DeallocateAll:
 		return "names differ"
@@ -806,6 +859,11 @@ func stmtDiff(x, y *Statement, notes bool) string {
 		}
 	}
 	return ""
+}
+
+func sameCapture(a, b Capture) bool {
+	return a.Policy.QualifiedName() == b.Policy.QualifiedName() && a.Ref == b.Ref &&
+		slices.Equal(a.Keys, b.Keys) && a.Version == b.Version
 }
 
 // sameSQL reports whether two texts parse to the same tree (locations

@@ -226,7 +226,7 @@ var instCases = []instCase{
 		name:     "uuid cast, composite key",
 		warm:     "UPDATE item SET x = 1 WHERE a = 1 AND b = 'q' AND etag = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid",
 		sql:      "UPDATE item SET x = 2 WHERE a = 3 AND b = 'r' AND etag = 'b1eebc99-9c0b-4ef8-bb6d-6bb9bd380a12'::uuid",
-		out:      "UPDATE item SET x = 2, etag = gen_random_uuid() WHERE a = 3 AND b = 'r' AND etag = 'b1eebc99-9c0b-4ef8-bb6d-6bb9bd380a12'::uuid",
+		out:      "UPDATE item SET x = 2, etag = gen_random_uuid() WHERE a = 3 AND b = 'r' AND etag = 'b1eebc99-9c0b-4ef8-bb6d-6bb9bd380a12'::uuid RETURNING item.a AS pgoptimist_1, item.b AS pgoptimist_2, item.etag AS pgoptimist_3",
 		expected: []Value{lit("b1eebc99-9c0b-4ef8-bb6d-6bb9bd380a12")},
 		keys:     [][]KeyValue{{key("a", lit("3")), key("b", lit("r"))}},
 	},
@@ -306,8 +306,8 @@ var instCases = []instCase{
 func TestPlanLiterals(t *testing.T) {
 	for _, tc := range instCases {
 		t.Run(tc.name, func(t *testing.T) {
-			r := New(testPolicies(), Options{})
-			direct := New(testPolicies(), Options{})
+			r := New(testPolicies(), Options{Tracking: true})
+			direct := New(testPolicies(), Options{Tracking: true})
 			direct.direct = true
 			if _, err := r.Plan(tc.warm, tc.path); err != nil {
 				t.Fatal(err)
@@ -390,8 +390,8 @@ func TestPlanLiteralsFallback(t *testing.T) {
 			"UPDATE address SET x = 1 WHERE id IN (SELECT id FROM job WHERE k = 2 FOR UPDATE OF job SKIP LOCKED)"},
 	}
 	for _, tc := range cases {
-		r := New(testPolicies(), Options{})
-		direct := New(testPolicies(), Options{})
+		r := New(testPolicies(), Options{Tracking: true})
+		direct := New(testPolicies(), Options{Tracking: true})
 		direct.direct = true
 		r.Plan(tc.warm, "public")
 		p, err := r.Plan(tc.sql, "public")
@@ -440,8 +440,8 @@ func TestPlanLiteralsCrossCheck(t *testing.T) {
 	)
 	rng := rand.New(rand.NewPCG(3, 4))
 	for _, path := range []string{"public", "alice,public"} {
-		r := New(testPolicies(), Options{})
-		direct := New(testPolicies(), Options{})
+		r := New(testPolicies(), Options{Tracking: true})
+		direct := New(testPolicies(), Options{Tracking: true})
 		direct.direct = true
 		checked := 0
 		for _, shape := range shapes {
@@ -473,7 +473,7 @@ func TestPlanLiteralsCrossCheck(t *testing.T) {
 
 // An instantiated plan is cached by its text from the second time.
 func TestPlanLiteralsExactCache(t *testing.T) {
-	r := New(testPolicies(), Options{})
+	r := New(testPolicies(), Options{Tracking: true})
 	r.Plan("UPDATE address SET x = 1 WHERE version = 1", "public")
 	sql := "UPDATE address SET x = 2 WHERE version = 2"
 	p1, _ := r.Plan(sql, "public")
@@ -498,7 +498,7 @@ func TestPlanLiteralsExactCache(t *testing.T) {
 }
 
 func TestPlanLiteralsCopiesInput(t *testing.T) {
-	r := New(testPolicies(), Options{})
+	r := New(testPolicies(), Options{Tracking: true})
 	r.Plan("SELECT 1; UPDATE address SET x = 'a' WHERE id = 1 AND version = 2", "public")
 	buf := []byte("SELECT 2; UPDATE address SET x = 'b' WHERE id = 3 AND version = 4")
 	p, err := r.Plan(string(buf), "public") // Plan copies; check the plan keeps nothing of buf
@@ -516,7 +516,7 @@ func TestPlanLiteralsCopiesInput(t *testing.T) {
 
 func TestNeedsPlan(t *testing.T) {
 	explicit := New(benchPolicies(), Options{})
-	tracked := New(testPolicies(), Options{}) // has tracked and required policies
+	tracked := New(testPolicies(), Options{Tracking: true}) // has tracked and required policies
 	cases := []struct {
 		sql  string
 		want bool
@@ -606,8 +606,8 @@ func TestPlanLiteralsRandom(t *testing.T) {
 		"EXECUTE p(%s)",
 	}
 	rng := rand.New(rand.NewPCG(5, 6))
-	r := New(testPolicies(), Options{})
-	direct := New(testPolicies(), Options{})
+	r := New(testPolicies(), Options{Tracking: true})
+	direct := New(testPolicies(), Options{Tracking: true})
 	direct.direct = true
 	parsed := 0
 	for i := 0; i < n; i++ {

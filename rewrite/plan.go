@@ -20,7 +20,15 @@ const (
 	ModeExplicit Mode = iota // the application writes the predicate
 	ModeTracked              // the proxy adds it from versions the session has read
 	ModeRequired             // tracked, and a guarded statement without any version is refused
+	ModeObserve              // versions are tracked as in ModeTracked, but no write is changed in outcome
 )
+
+// Tracked reports whether the proxy remembers the versions this table's
+// rows had when a session read them (tracked, required and observe modes):
+// plans then carry Captures, Hidden columns and, for writes, Inject.
+func (p *Policy) Tracked() bool {
+	return p.Mode == ModeTracked || p.Mode == ModeRequired || p.Mode == ModeObserve
+}
 
 // Policy is one guarded table as the rewriter sees it. Identifiers are as
 // PostgreSQL stores them (unquoted names folded to lower case).
@@ -49,6 +57,32 @@ const (
 	KindPrepare                // PREPARE name AS <statement>; Inner holds the prepared statement's plan
 	KindExecute                // EXECUTE name(args)
 	KindDeallocate             // DEALLOCATE name | DEALLOCATE ALL
+	KindDiscard                // DISCARD ALL | PLANS | SEQUENCES | TEMP; Discard says which
+)
+
+// Command is the SQL command of a top-level statement, whatever table it
+// names (Kind says what it is to the guard). It is set for every statement
+// of a plan, planned or skipped by the prefilter.
+type Command int
+
+const (
+	CommandOther  Command = iota // anything else (DDL, SET, BEGIN, PREPARE, EXECUTE, EXPLAIN, COPY, ...)
+	CommandSelect                // SELECT, VALUES or TABLE, with or without WITH in front; also SELECT INTO
+	CommandInsert                // INSERT, with or without ON CONFLICT
+	CommandUpdate                // UPDATE
+	CommandDelete                // DELETE
+	CommandMerge                 // MERGE
+)
+
+// DiscardTarget is what a DISCARD statement discards.
+type DiscardTarget int
+
+const (
+	DiscardNone      DiscardTarget = iota
+	DiscardAll                     // DISCARD ALL: also deallocates every prepared statement (DEALLOCATE ALL)
+	DiscardPlans                   // DISCARD PLANS: cached plans only; prepared statements stay
+	DiscardSequences               // DISCARD SEQUENCES
+	DiscardTemp                    // DISCARD TEMP
 )
 
 // ValueKind says where a value in a statement comes from.
@@ -82,10 +116,16 @@ type Plan struct {
 	Statements []Statement // one per top-level statement, in order (empty for empty input)
 }
 
-// Guarded reports whether any statement of the plan touches a guarded table.
+// Guarded reports whether any statement of the plan touches a guarded table
+// (a guarded write, or a read whose result is tracked) or is one the proxy
+// follows (PREPARE, EXECUTE, DEALLOCATE, DISCARD).
 func (p *Plan) Guarded() bool {
 	for i := range p.Statements {
-		if p.Statements[i].Policy != nil || p.Statements[i].Kind == KindPrepare || p.Statements[i].Kind == KindExecute || p.Statements[i].Kind == KindDeallocate {
+		st := &p.Statements[i]
+		switch {
+		case st.Policy != nil, len(st.Captures) > 0, st.Untracked:
+			return true
+		case st.Kind == KindPrepare, st.Kind == KindExecute, st.Kind == KindDeallocate, st.Kind == KindDiscard:
 			return true
 		}
 	}
@@ -114,4 +154,170 @@ type Statement struct {
 	// KindDeallocate.
 	DeallocateName string
 	DeallocateAll  bool
+	// KindDiscard.
+	Discard DiscardTarget
+
+	// Command is the SQL command, set for every statement (see Command).
+	Command Command
+	// QuietWhenEmpty: a plain UPDATE, DELETE or INSERT without a WITH
+	// clause (so no data-modifying CTE): a run that affects no row writes
+	// nothing by itself. Triggers and rules of the table are not known
+	// here; the caller adds that condition. For KindPrepare see Inner.
+	QuietWhenEmpty bool
+
+	// Tracked mode (Options.Tracking and a policy with Policy.Tracked):
+	// see "Tracked mode" below. All are zero otherwise.
+	Captures       []Capture      // where the result carries tracked tables' keys and versions
+	Hidden         []HiddenColumn // result columns the rewriter added: the last len(Hidden) fields
+	AddedReturning bool           // the statement had no RETURNING: its whole result is hidden
+	Untracked      bool           // reads a tracked table, but its result cannot be tracked exactly
+	Inject         *Injection     // the version read can be injected (tracked, required modes)
+	NewVersion     NewVersion     // how the row's version after this write is known
+}
+
+// Tracked mode: the contract between the rewriter and the proxy. It is on
+// only with Options.Tracking, for policies in tracked, required or observe
+// mode; otherwise plans are as in explicit mode.
+//
+// Reading. A statement whose result rows carry rows of a tracked table (a
+// SELECT, top-level or as the body of a SQL-level PREPARE, including FOR
+// UPDATE and WITH in front; the RETURNING of an INSERT, UPDATE, DELETE or
+// upsert) has one Capture per table reference whose rows it returns. A
+// Capture names the result fields holding the key columns (in Policy.Key
+// order) and the version column. Those the statement does not return at a
+// position known before the RowDescription arrives are added at the end of
+// its target (or RETURNING) list, as <ref>.<column> AS pgoptimist_<n>, and
+// listed in Hidden, in order: Hidden[i] is always field i-len(Hidden) from
+// the end. A star (*, t.*, (x).*) has a width the rewriter cannot know, so
+// columns at or after a star are not relied on: they are added too. A
+// field's position is therefore a Field: >= 0 from the start, < 0 from the
+// end (Field.Index resolves it).
+//
+// The proxy strips the hidden fields from the RowDescription, every
+// DataRow, and the RowDescription answering a Describe of the statement or
+// of its portals (text and binary formats: a Bind's result-format codes
+// must cover the added fields, one code for all already does). In the
+// RowDescription a hidden or captured field carries the table's OID and
+// the column's attribute number (negative for xmin, as in pg_attribute),
+// so the proxy can check it is what HiddenColumn (schema, table, column)
+// names. It captures only the fields Captures lists, never other fields
+// that carry a tracked table's OID; a row whose key or version is NULL is
+// not captured. Kind stays KindOther for a read: Command says SELECT.
+//
+// A read of a tracked table whose result cannot be tracked exactly is left
+// unchanged and marked Untracked (the Notes say why): aggregates (by syntax,
+// by PostgreSQL's built-in names, and Options.Aggregates), DISTINCT and
+// DISTINCT ON, GROUP BY, HAVING, window functions, set operations (UNION,
+// INTERSECT, EXCEPT), SELECT INTO, VALUES, data-modifying CTEs, or no FROM
+// item that can be captured. A table reference that cannot be captured in
+// an otherwise trackable statement (on the nullable side of an outer join,
+// inside an aliased join, read in a subquery or CTE, renamed columns, two
+// references of one name) has no Capture and a note.
+//
+// Writing. A guarded UPDATE, DELETE or upsert on a table in tracked or
+// required mode, without a version predicate of its own, whose WHERE pins
+// every key column with a top-level AND conjunct key = <constant or $n>,
+// has Inject (an upsert: its DO UPDATE WHERE pins the key, or its conflict
+// target is exactly the key and its single VALUES row pins it). Keys holds
+// the key values; the proxy looks up the version the session remembers for
+// them and sends the statement as follows:
+//   - extended protocol: Parse Inject.SQL instead of SQL. It has one more
+//     parameter, $Inject.Param (the highest $n of the statement + 1); give
+//     it type 0 in Parse (pad the type list with zeros), so the server
+//     infers the version column's own type (int4, int8, timestamptz, xid,
+//     uuid, ...), and strip it from ParameterDescription answers. Bind the
+//     remembered version there, in the format it was captured in, or NULL
+//     when there is none: the predicate is
+//     "(<ref>.<version> = $N OR $N IS NULL)", so NULL leaves the statement
+//     unchecked. One Parse serves both cases, which a named statement
+//     prepared before any Bind needs;
+//   - simple protocol: with a remembered version (as text) send
+//     WithExpected(version), the statement with
+//     "AND <ref>.<version> = '<version>'" (quoted by QuoteLiteral);
+//     without one send SQL;
+//   - SQL-level PREPARE: the KindPrepare statement has Inject too, whose
+//     SQL is the whole PREPARE with the parameter form (the parameter's
+//     type is left to inference even when the PREPARE lists types); every
+//     EXECUTE of it then needs one more argument: send the KindExecute
+//     statement's ExecuteWithExpected(version, false), or (.., true) for
+//     NULL. Inner.Inject is the body's.
+// A statement sent with a version is then exactly an explicitly checked
+// one: zero rows affected is a conflict (VL409), Keys and the version make
+// the detail. An explicit predicate always wins: Checked is set and Inject
+// is nil. Required mode: Refuse is set as before when there is no explicit
+// predicate; with Inject it means "refuse unless a version is remembered
+// for Keys". Observe mode never has Inject: no outcome may change.
+//
+// Moving on. After a tracked UPDATE or upsert succeeds, NewVersion says how
+// the session learns the row's new version: NewVersionIncrement, the
+// version it was checked against (Expected, or the injected value) plus 1
+// (an integer version this statement increments, key pinned; run unchecked,
+// the new version is unknown: forget Keys); NewVersionReturned, from the
+// result, where Captures says (a RETURNING is added for the purpose when the
+// statement has none: AddedReturning, every field is hidden, and the
+// client must see no RowDescription and no DataRow, and NoData answers a
+// Describe). A DELETE forgets Keys; its RETURNING, if any, is captured
+// like any other (the rows it names are gone). An INSERT ... RETURNING
+// into a tracked table (Kind KindOther, Command CommandInsert) is captured.
+
+// Field locates a result field: n >= 0 is the field at 0-based position n;
+// n < 0 counts from the end (-1 is the last field).
+type Field int
+
+// Index resolves the field in a row of nfields fields.
+func (f Field) Index(nfields int) int {
+	if f < 0 {
+		return nfields + int(f)
+	}
+	return int(f)
+}
+
+// Capture locates one tracked table reference's key and version in the
+// result rows.
+type Capture struct {
+	Policy  *Policy
+	Ref     string  // the name the statement uses for the table (its alias, else its name)
+	Keys    []Field // the key columns, in Policy.Key order
+	Version Field   // the version column
+}
+
+// HiddenColumn is a result column the rewriter added; the client never sees
+// it. Hidden columns are always the last fields of the result, in order.
+type HiddenColumn struct {
+	Field  Field  // < 0: counted from the end
+	Schema string // the table column it returns (as stored, unquoted)
+	Table  string
+	Column string // for TypeXmin: "xmin"
+}
+
+// Injection is how a tracked write carries the version the session read.
+type Injection struct {
+	Param int         // N: the parameter the proxy adds (highest $n of the statement + 1)
+	Type  VersionType // the version column's kind
+	SQL   string      // the statement with "AND (<ref>.<version> = $N OR $N IS NULL)"
+
+	// The statement with "AND <ref>.<version> = " and a literal: pre, the
+	// literal, post.
+	pre, post string
+}
+
+// NewVersion says how the proxy learns a row's version after the session's
+// own successful write.
+type NewVersion int
+
+const (
+	NewVersionNone      NewVersion = iota // not a tracked UPDATE or upsert
+	NewVersionIncrement                   // the expected version + 1 (integer)
+	NewVersionReturned                    // in the result, where Captures says
+)
+
+// WithExpected returns the statement's SQL with the version predicate
+// "AND <ref>.<version> = <literal>" added, the literal (the version as
+// text) quoted by QuoteLiteral, for the simple protocol. Without Inject,
+// and for KindPrepare, it returns SQL.
+func (s *Statement) WithExpected(literal string) string {
+	if s.Inject == nil || s.Kind == KindPrepare {
+		return s.SQL
+	}
+	return s.Inject.pre + QuoteLiteral(literal) + s.Inject.post
 }

@@ -42,12 +42,36 @@ type ws struct {
 	refuse   bool
 	notes    []string
 
+	// Tracked mode.
+	hidden         []HiddenColumn
+	captures       []wc
+	untracked      bool
+	inject         *wi
+	newVersion     NewVersion
+	addedReturning bool
+
 	prepare string
 	inner   *ws
 	execute string
 	args    []Value
 	dealloc string
 	all     bool
+}
+
+// wc is an expected capture.
+type wc struct {
+	policy  string
+	ref     string
+	keys    []Field
+	version Field
+}
+
+// wi is an expected injection: the parameter, the parameter form and
+// WithExpected("7").
+type wi struct {
+	param int
+	sql   string
+	with  string
 }
 
 type planCase struct {
@@ -113,7 +137,10 @@ var planCases = []planCase{
 		out:  "UPDATE address SET x = 1, version = version + 1 WHERE id = 1",
 		stmts: []ws{{kind: KindUpdate, policy: "alice.address", inc: true, refuse: true,
 			keys:  []KeyValue{key("id", lit("1"))},
-			notes: []string{"guarded table alice.address (mode required)", "mode required and no version predicate: refused"}}},
+			notes: []string{"guarded table alice.address (mode required)", "mode required and no version predicate: refused"},
+			inject: &wi{param: 1, sql: "UPDATE address SET x = 1, version = version + 1 WHERE id = 1 AND (address.version = $1 OR $1 IS NULL)",
+				with: "UPDATE address SET x = 1, version = version + 1 WHERE id = 1 AND address.version = '7'"},
+			newVersion: NewVersionIncrement}},
 	},
 	{
 		name: "search path: public",
@@ -137,7 +164,9 @@ var planCases = []planCase{
 		path: `bob, "alice"`,
 		out:  "UPDATE address SET x = 1, version = version + 1 WHERE id = 1",
 		stmts: []ws{{kind: KindUpdate, policy: "alice.address", inc: true, refuse: true,
-			keys: []KeyValue{key("id", lit("1"))}}},
+			keys:       []KeyValue{key("id", lit("1"))},
+			inject:     &wi{param: 1, sql: "UPDATE address SET x = 1, version = version + 1 WHERE id = 1 AND (address.version = $1 OR $1 IS NULL)"},
+			newVersion: NewVersionIncrement}},
 	},
 	{
 		name:  "search path: no schema with a policy",
@@ -151,7 +180,7 @@ var planCases = []planCase{
 		path: "public",
 		out:  "UPDATE alice.address SET x = 1, version = version + 1 WHERE id = 1 AND version = 4",
 		stmts: []ws{{kind: KindUpdate, policy: "alice.address", inc: true, checked: true, expected: lit("4"),
-			keys: []KeyValue{key("id", lit("1"))}}},
+			keys: []KeyValue{key("id", lit("1"))}, newVersion: NewVersionIncrement}},
 	},
 	{
 		name:  "qualified name in a schema without a policy",
@@ -213,7 +242,7 @@ var planCases = []planCase{
 		name:  "data-modifying CTE on a required table is refused",
 		sql:   "WITH u AS (UPDATE alice.address SET x = 1 WHERE version = 1 RETURNING 1) SELECT 1",
 		out:   "WITH u AS (UPDATE alice.address SET x = 1, version = version + 1 WHERE version = 1 RETURNING 1) SELECT 1",
-		stmts: []ws{{kind: KindOther, policy: "alice.address", inc: true, refuse: true}},
+		stmts: []ws{{kind: KindOther, policy: "alice.address", inc: true, refuse: true, untracked: true}},
 	},
 	{
 		name: "PREPARE, EXECUTE, DEALLOCATE",
@@ -274,10 +303,15 @@ var planCases = []planCase{
 		stmts: []ws{{kind: KindUpsert, policy: "public.address", inc: true, keys: []KeyValue{key("id", lit("1"))}}},
 	},
 	{
-		name:  "upsert on a required table without predicate is refused",
-		sql:   "INSERT INTO alice.address (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET x = 1",
-		out:   "INSERT INTO alice.address (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET x = 1, version = address.version + 1",
-		stmts: []ws{{kind: KindUpsert, policy: "alice.address", inc: true, refuse: true, keys: []KeyValue{key("id", lit("1"))}}},
+		name: "upsert on a required table without predicate is refused",
+		sql:  "INSERT INTO alice.address (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET x = 1",
+		out:  "INSERT INTO alice.address (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET x = 1, version = address.version + 1 RETURNING address.id AS pgoptimist_1, address.version AS pgoptimist_2",
+		stmts: []ws{{kind: KindUpsert, policy: "alice.address", inc: true, refuse: true, keys: []KeyValue{key("id", lit("1"))},
+			inject: &wi{param: 1, sql: "INSERT INTO alice.address (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET x = 1, version = address.version + 1 WHERE address.version = $1 OR $1 IS NULL RETURNING address.id AS pgoptimist_1, address.version AS pgoptimist_2",
+				with: "INSERT INTO alice.address (id) VALUES (1) ON CONFLICT (id) DO UPDATE SET x = 1, version = address.version + 1 WHERE address.version = '7' RETURNING address.id AS pgoptimist_1, address.version AS pgoptimist_2"},
+			newVersion: NewVersionReturned, addedReturning: true,
+			hidden:   []HiddenColumn{{-2, "alice", "address", "id"}, {-1, "alice", "address", "version"}},
+			captures: []wc{{"alice.address", "address", []Field{-2}, -1}}}},
 	},
 	{
 		name:  "upsert DO NOTHING is not guarded",
@@ -372,10 +406,13 @@ var planCases = []planCase{
 	{
 		name: "uuid version, tracked mode, composite key",
 		sql:  "UPDATE item SET x = 1 WHERE b = 'q' AND a = $1 AND etag = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid",
-		out:  "UPDATE item SET x = 1, etag = gen_random_uuid() WHERE b = 'q' AND a = $1 AND etag = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid",
+		out:  "UPDATE item SET x = 1, etag = gen_random_uuid() WHERE b = 'q' AND a = $1 AND etag = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid RETURNING item.a AS pgoptimist_1, item.b AS pgoptimist_2, item.etag AS pgoptimist_3",
 		stmts: []ws{{kind: KindUpdate, policy: "public.item", inc: true, checked: true, expected: lit("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
-			keys:  []KeyValue{key("a", param(1)), key("b", lit("q"))},
-			notes: []string{"(mode tracked)", "added increment etag = gen_random_uuid()"}}},
+			keys:       []KeyValue{key("a", param(1)), key("b", lit("q"))},
+			notes:      []string{"(mode tracked)", "added increment etag = gen_random_uuid()", "the explicit version predicate wins"},
+			newVersion: NewVersionReturned, addedReturning: true,
+			hidden:   []HiddenColumn{{-3, "public", "item", "a"}, {-2, "public", "item", "b"}, {-1, "public", "item", "etag"}},
+			captures: []wc{{"public.item", "item", []Field{-3, -2}, -1}}}},
 	},
 	{
 		name: "xmin version: no increment",
@@ -402,9 +439,11 @@ var planCases = []planCase{
 		stmts: []ws{{kind: KindDelete, policy: "public.address", checked: true, expected: lit("3")}},
 	},
 	{
-		name:  "DELETE on a required table without predicate",
-		sql:   "DELETE FROM alice.address WHERE id = 1",
-		stmts: []ws{{kind: KindDelete, policy: "alice.address", refuse: true, keys: []KeyValue{key("id", lit("1"))}}},
+		name: "DELETE on a required table without predicate",
+		sql:  "DELETE FROM alice.address WHERE id = 1",
+		stmts: []ws{{kind: KindDelete, policy: "alice.address", refuse: true, keys: []KeyValue{key("id", lit("1"))},
+			inject: &wi{param: 1, sql: "DELETE FROM alice.address WHERE id = 1 AND (address.version = $1 OR $1 IS NULL)",
+				with: "DELETE FROM alice.address WHERE id = 1 AND address.version = '7'"}}},
 	},
 	{
 		name: "DELETE not guarded by the policy",
@@ -505,8 +544,8 @@ var planCases = []planCase{
 }
 
 func TestPlan(t *testing.T) {
-	r := New(testPolicies(), Options{})
-	full := New(testPolicies(), Options{})
+	r := New(testPolicies(), Options{Tracking: true})
+	full := New(testPolicies(), Options{Tracking: true})
 	full.fullAnalysis = true
 	for _, tc := range planCases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -577,6 +616,35 @@ func checkStmt(t *testing.T, where string, st *Statement, w *ws) {
 			t.Errorf("%s: no note containing %q in %q", where, n, st.Notes)
 		}
 	}
+	if !reflect.DeepEqual(st.Hidden, w.hidden) && (len(st.Hidden) != 0 || len(w.hidden) != 0) {
+		t.Errorf("%s: hidden %+v, want %+v", where, st.Hidden, w.hidden)
+	}
+	var caps []wc
+	for _, c := range st.Captures {
+		caps = append(caps, wc{c.Policy.QualifiedName(), c.Ref, c.Keys, c.Version})
+	}
+	if !reflect.DeepEqual(caps, w.captures) {
+		t.Errorf("%s: captures %+v, want %+v", where, caps, w.captures)
+	}
+	if st.Untracked != w.untracked || st.NewVersion != w.newVersion || st.AddedReturning != w.addedReturning {
+		t.Errorf("%s: untracked=%v newVersion=%d addedReturning=%v, want %v %d %v\nnotes: %q", where,
+			st.Untracked, st.NewVersion, st.AddedReturning, w.untracked, w.newVersion, w.addedReturning, st.Notes)
+	}
+	switch {
+	case (st.Inject == nil) != (w.inject == nil):
+		t.Errorf("%s: inject %+v, want %+v\nnotes: %q", where, st.Inject, w.inject, st.Notes)
+	case st.Inject != nil:
+		if st.Inject.Param != w.inject.param || st.Inject.SQL != w.inject.sql {
+			t.Errorf("%s: inject $%d %q,\n want $%d %q", where, st.Inject.Param, st.Inject.SQL, w.inject.param, w.inject.sql)
+		}
+		if w.inject.with != "" {
+			if got := st.WithExpected("7"); got != w.inject.with {
+				t.Errorf("%s: WithExpected\n got  %q\n want %q", where, got, w.inject.with)
+			}
+			mustParse(t, st.WithExpected("7"), 1)
+		}
+		mustParse(t, st.Inject.SQL, 1)
+	}
 	if st.PrepareName != w.prepare || st.ExecuteName != w.execute || st.DeallocateName != w.dealloc || st.DeallocateAll != w.all {
 		t.Errorf("%s: prepare=%q execute=%q deallocate=%q all=%v, want %q %q %q %v", where,
 			st.PrepareName, st.ExecuteName, st.DeallocateName, st.DeallocateAll, w.prepare, w.execute, w.dealloc, w.all)
@@ -611,7 +679,7 @@ func mustParse(t *testing.T, sql string, n int) {
 
 // The plan of a text the prefilter rejects is the text itself.
 func TestPlanUntouched(t *testing.T) {
-	r := New(testPolicies(), Options{})
+	r := New(testPolicies(), Options{Tracking: true})
 	for _, sql := range []string{
 		"SELECT 1",
 		"UPDATE other SET version = version + 1 WHERE version = 3",
@@ -638,7 +706,7 @@ func TestPlanUntouched(t *testing.T) {
 }
 
 func TestPlanErrors(t *testing.T) {
-	r := New(testPolicies(), Options{MaxSQLBytes: 100000, MaxDepth: 50})
+	r := New(testPolicies(), Options{Tracking: true, MaxSQLBytes: 100000, MaxDepth: 50})
 	cases := []struct {
 		name string
 		sql  string
@@ -675,7 +743,7 @@ func TestPlanErrors(t *testing.T) {
 
 // Deep input that would overflow pg_query's C stack is refused, not parsed.
 func TestPlanDeepInputDoesNotCrash(t *testing.T) {
-	r := New(testPolicies(), Options{MaxSQLBytes: 10 << 20})
+	r := New(testPolicies(), Options{Tracking: true, MaxSQLBytes: 10 << 20})
 	for _, sql := range []string{
 		"UPDATE address SET x = 1" + strings.Repeat("+1", 300000),
 		"SELECT 1" + strings.Repeat("::int", 300000),
@@ -690,7 +758,7 @@ func TestPlanDeepInputDoesNotCrash(t *testing.T) {
 }
 
 func TestPlanCache(t *testing.T) {
-	r := New(testPolicies(), Options{CacheSize: 8})
+	r := New(testPolicies(), Options{Tracking: true, CacheSize: 8})
 	sql := "UPDATE address SET x = 1 WHERE version = 1"
 	p1, _ := r.Plan(sql, "public")
 	p2, _ := r.Plan(sql, "public")
@@ -723,7 +791,7 @@ func TestPlanCache(t *testing.T) {
 	}
 
 	// No cache.
-	r = New(testPolicies(), Options{CacheSize: -1})
+	r = New(testPolicies(), Options{Tracking: true, CacheSize: -1})
 	p1, _ = r.Plan(sql, "public")
 	p2, _ = r.Plan(sql, "public")
 	if p1 == p2 || p1.SQL != p2.SQL {
@@ -732,7 +800,7 @@ func TestPlanCache(t *testing.T) {
 }
 
 func TestPlanCacheBytes(t *testing.T) {
-	r := New(testPolicies(), Options{CacheBytes: 64 << 10})
+	r := New(testPolicies(), Options{Tracking: true, CacheBytes: 64 << 10})
 	for i := 0; i < 200; i++ {
 		sql := fmt.Sprintf("UPDATE address SET x = '%s' WHERE id = %d", strings.Repeat("y", 2000), i)
 		if _, err := r.Plan(sql, "public"); err != nil {
@@ -747,7 +815,7 @@ func TestPlanCacheBytes(t *testing.T) {
 // The plan does not keep the caller's memory: the proxy may plan text that
 // lives in a reused read buffer.
 func TestPlanCopiesInput(t *testing.T) {
-	r := New(testPolicies(), Options{})
+	r := New(testPolicies(), Options{Tracking: true})
 	buf := []byte("SELECT 1; SELECT 2")
 	s := unsafe.String(&buf[0], len(buf))
 	p, err := r.Plan(s, "public")
@@ -764,7 +832,7 @@ func TestPlanCopiesInput(t *testing.T) {
 }
 
 func TestPlanConcurrent(t *testing.T) {
-	r := New(testPolicies(), Options{CacheSize: 16})
+	r := New(testPolicies(), Options{Tracking: true, CacheSize: 16})
 	var wg sync.WaitGroup
 	for g := 0; g < 8; g++ {
 		wg.Add(1)

@@ -19,6 +19,20 @@ type Options struct {
 	MaxDepth    int // estimated parse-tree nesting limit; 0 = 1000
 	CacheSize   int // cached plans; 0 = 4096, negative = no cache
 	CacheBytes  int // approximate memory the cached plans may hold; 0 = 64 MiB
+	// Tracking turns tracked mode on: policies in tracked, required and
+	// observe modes get hidden result columns, captures and injections
+	// (see plan.go). Off, they are planned as explicit ones are (required
+	// still refuses a write without a version predicate), and reads of
+	// their tables keep NeedsPlan's fast path: for a caller that does not
+	// strip hidden columns.
+	Tracking bool
+	// Aggregates names aggregate functions beyond PostgreSQL's built-in
+	// ones (as stored: unquoted names in lower case), for example every
+	// name of pg_proc WHERE prokind = 'a'. A SELECT that calls one is an
+	// aggregate query, whose result tracked mode cannot extend; a name it
+	// does not know is taken for a plain function, and the extended
+	// statement of an aggregate query without GROUP BY then fails.
+	Aggregates []string
 }
 
 const (
@@ -64,9 +78,11 @@ type Rewriter struct {
 	// direct turns off literal normalization: every text missing the
 	// cache is parsed and planned itself (tests compare the two paths).
 	direct bool
-	// readsMatter: some policy's mode will need to see SELECTs (tracked,
-	// required), so NeedsPlan has no fast path for them.
-	readsMatter bool
+	// tracking: some policy is tracked (Policy.Tracked): reads of its
+	// table are planned; trackedMatch finds the names of those tables.
+	tracking     bool
+	trackedMatch *matcher
+	aggregates   map[string]bool
 
 	mu     sync.RWMutex
 	cache  map[string]map[string]*cacheEntry // searchPath -> SQL -> entry
@@ -113,13 +129,20 @@ func New(policies []Policy, opts Options) *Rewriter {
 		seed:     maphash.MakeSeed(),
 	}
 	tables := make([]string, 0, len(policies))
+	var tracked []string
 	for i, p := range policies {
 		p.Key = append([]string(nil), p.Key...)
 		r.policies[i] = p
 		tables = append(tables, p.Table)
-		if p.Mode == ModeTracked || p.Mode == ModeRequired {
-			r.readsMatter = true
+		if p.Tracked() && opts.Tracking {
+			r.tracking = true
+			tracked = append(tracked, p.Table)
 		}
+	}
+	r.trackedMatch = newTableMatcher(tracked)
+	r.aggregates = map[string]bool{}
+	for _, a := range opts.Aggregates {
+		r.aggregates[a] = true
 	}
 	for i := range r.policies {
 		p := &r.policies[i]
@@ -140,9 +163,9 @@ func (r *Rewriter) Policies() []Policy {
 }
 
 // MayTouch is a cheap text prefilter: false means the text names no guarded
-// table and holds no PREPARE, EXECUTE or DEALLOCATE, so Plan would leave it
-// unchanged with only KindOther statements. It may answer true for text
-// that turns out to be unguarded. It does not allocate.
+// table and holds no PREPARE, EXECUTE, DEALLOCATE or DISCARD, so Plan would
+// leave it unchanged with only KindOther statements. It may answer true for
+// text that turns out to be unguarded. It does not allocate.
 func (r *Rewriter) MayTouch(sql string) bool { return r.match.match(sql) }
 
 // CacheStats reports the plan cache's hits and misses since New.
@@ -208,6 +231,10 @@ func entrySize(sql string, p *Plan) int {
 			if st.Inner != nil {
 				n += 256 + len(st.Inner.SQL)
 			}
+			if st.Inject != nil {
+				n += 64 + len(st.Inject.SQL) + len(st.Inject.pre) + len(st.Inject.post)
+			}
+			n += 64 * (len(st.Hidden) + len(st.Captures))
 			if p.Changed {
 				n += len(st.SQL)
 			}
@@ -292,28 +319,42 @@ func parseSearchPath(sp string) []string {
 
 // plan parses and rewrites; sql is the rewriter's own copy.
 func (r *Rewriter) plan(sql string, path []string) (*Plan, error) {
-	p, _, err := r.planText(sql, path, false)
+	p, _, err := r.planText(sql, path, 0)
 	return p, err
 }
 
 // planText is plan; it also reports which statements were rewritten.
-// template: sql is a literal-normalized template (notes show its
-// parameters as placeholders for the literals).
-func (r *Rewriter) planText(sql string, path []string, template bool) (*Plan, []bool, error) {
+// tmplN > 0: sql is a literal-normalized template with tmplN placeholders
+// (notes show its parameters as placeholders for the literals).
+func (r *Rewriter) planText(sql string, path []string, tmplN int) (*Plan, []bool, error) {
+	p, rewritten, err := r.planTextOnce(sql, path, tmplN, false)
+	if err != nil && r.tracking && errors.Is(err, ErrDeparse) {
+		// A read is never refused for the rewriter's sake: planned again
+		// without hidden columns, it goes untracked.
+		p, rewritten, err = r.planTextOnce(sql, path, tmplN, true)
+	}
+	return p, rewritten, err
+}
+
+// planTextOnce is planText; skipReads leaves tracked reads alone (marked
+// Untracked).
+func (r *Rewriter) planTextOnce(sql string, path []string, tmplN int, skipReads bool) (*Plan, []bool, error) {
 	tree, err := pg.Parse(sql)
 	if err != nil {
 		return nil, nil, &ParseError{SQL: sql, Err: err}
 	}
 	p := &Plan{SQL: sql}
-	pl := &planner{r: r, path: path, version: tree.Version, template: template}
+	pl := &planner{r: r, path: path, version: tree.Version, template: tmplN > 0, tmplN: tmplN, skipReads: skipReads}
 	changed := false
 	var rewritten []bool
 	for _, raw := range tree.Stmts {
 		text := stmtText(sql, raw)
 		if !r.fullAnalysis && !r.match.match(text) {
-			// Names no guarded table and is no PREPARE, EXECUTE or
+			// Names no guarded table and is no PREPARE, EXECUTE, DISCARD or
 			// DEALLOCATE: nothing to look at.
-			p.Statements = append(p.Statements, Statement{SQL: text})
+			st := Statement{SQL: text}
+			st.Command, st.QuietWhenEmpty = commandOf(raw.Stmt)
+			p.Statements = append(p.Statements, st)
 			rewritten = append(rewritten, false)
 			continue
 		}

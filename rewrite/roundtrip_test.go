@@ -73,7 +73,7 @@ var roundTripExprs = []string{
 }
 
 func TestRoundTrip(t *testing.T) {
-	r := New(testPolicies(), Options{CacheSize: -1})
+	r := New(testPolicies(), Options{Tracking: true, CacheSize: -1})
 	check := func(sql string) {
 		t.Helper()
 		p, err := r.Plan(sql, "public")
@@ -104,7 +104,7 @@ func TestRoundTrip(t *testing.T) {
 // original text then; a rewritten statement that cannot be deparsed faithfully
 // is an error.
 func TestDeparseFallback(t *testing.T) {
-	r := New(testPolicies(), Options{})
+	r := New(testPolicies(), Options{Tracking: true})
 	p, err := r.Plan("SELECT * FROM job FOR UPDATE OF job SKIP LOCKED -- next\n; UPDATE address SET x = 1 WHERE version = 1", "public")
 	if err != nil {
 		t.Fatal(err)
