@@ -39,6 +39,13 @@ func (s *session) processClient() {
 			return
 		}
 		typ := clientMsg(b)
+		if (typ == msgQuery || typ == msgParse) && s.idle() && s.srv.guards.generation() != s.guardGen {
+			// A reload came while the session was idle: its first
+			// statement after it follows the new policies.
+			if s.followReload(); s.own != nil {
+				return // the catalog is asked first
+			}
+		}
 		if g := s.guard; g != nil {
 			if typ == msgQuery && total-headerLen-1 > s.cfg.Limits.MaxSQLBytes && g.onParseError == "forward" {
 				// Longer than the parser takes (limits.max_sql_bytes), so
@@ -53,8 +60,8 @@ func (s *session) processClient() {
 					return // the rest has not arrived, or the server is asked first
 				}
 			}
-			s.noteBatch(typ)
 		}
+		s.noteBatch(typ)
 		if !s.wantWhole(typ) {
 			if !s.passClient(typ) {
 				return
@@ -119,6 +126,12 @@ func (s *session) streamQuery() {
 	delete(g.changers, "")
 	g.res.changed()
 	s.inBatch = false
+}
+
+// idle reports whether nothing is in flight and no transaction or batch is
+// open: a point where the proxy may ask the server something of its own.
+func (s *session) idle() bool {
+	return s.queue.len() == 0 && s.txStatus == txIdle && !s.inBatch && !s.checks.active && s.own == nil
 }
 
 // noteBatch follows whether an extended-protocol batch is open: the proxy's

@@ -183,7 +183,7 @@ func (s *session) atTxEnd() {
 	if s.guard != nil {
 		s.guard.res.txEnded()
 	}
-	if s.queue.len() == 0 && !s.checks.active && s.own == nil && s.srv.guards.generation() != s.guardGen {
+	if s.idle() && s.srv.guards.generation() != s.guardGen {
 		s.followReload()
 	}
 }

@@ -20,7 +20,7 @@ func loopSession(t *testing.T, srv *Server, guard *sessionGuard) (client, server
 	c1, c2 := net.Pipe()
 	s1, s2 := net.Pipe()
 	cfg := config.Defaults()
-	s := &session{srv: srv, cfg: &cfg, client: c1, server: s1, guard: guard, txStatus: 'I'}
+	s := &session{srv: srv, cfg: &cfg, client: c1, server: s1, guard: guard, txStatus: txIdle, guardGen: srv.guards.generation()}
 	s.cr = &frameReader{r: bufio.NewReader(c1)}
 	s.sr = &frameReader{r: bufio.NewReader(s1)}
 	ch := make(chan error, 1)

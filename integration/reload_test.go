@@ -1,0 +1,99 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/pgoptimist/pgoptimist/config"
+)
+
+// TestReloadReachesOpenSessions: a reload under a running pgbench with
+// guarded writes fails no transaction, and a session that was open before
+// it is guarded by the new policies afterwards (at its next idle point),
+// including one that had nothing guarded before.
+func TestReloadReachesOpenSessions(t *testing.T) {
+	t.Parallel()
+	db := newDatabase(t, `
+CREATE TABLE ledger (id int PRIMARY KEY, version int NOT NULL DEFAULT 1, n int NOT NULL DEFAULT 0);
+INSERT INTO ledger (id) SELECT g FROM generate_series(1, 20) g;
+CREATE TABLE other (id int PRIMARY KEY, version int NOT NULL DEFAULT 1, n int NOT NULL DEFAULT 0);
+INSERT INTO other (id) VALUES (1);`)
+	cfg := newConfig(t, pg.Addr(), config.Table{Name: "public.ledger"})
+	p := startProxy(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	// Open before the reload, idle across it.
+	before := connect(t, p.Addr, db)
+	if _, err := before.Exec(ctx, "UPDATE other SET n = n + 1 WHERE id = 1"); err != nil {
+		t.Fatal(err)
+	}
+	if v := version(t, direct(t, db), "other", 1); v != 1 {
+		t.Fatalf("other is not guarded yet, but its version is %d", v)
+	}
+
+	script := filepath.Join(t.TempDir(), "ledger.sql")
+	if err := os.WriteFile(script, []byte("\\set id random(1, 20)\nUPDATE ledger SET n = n + 1 WHERE id = :id;\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan string, 1)
+	go func() {
+		out <- pgbenchRun(t, p.Addr, db, "-n", "-c", "4", "-j", "2", "-T", "4", "-M", "prepared", "-f", script)
+	}()
+	time.Sleep(1500 * time.Millisecond)
+	next := newConfig(t, pg.Addr(), config.Table{Name: "public.ledger"}, config.Table{Name: "public.other"})
+	next.Guard.StaleSQLState = "VL499"
+	if err := p.Srv.Reload(next); err != nil {
+		t.Fatal(err)
+	}
+	res := <-out
+
+	m := pgbenchFailed.FindStringSubmatch(res)
+	if m == nil || m[1] != "0" {
+		t.Fatalf("pgbench across the reload: failed transactions %v\n%s", m, res)
+	}
+	m = pgbenchProcessed.FindStringSubmatch(res)
+	if m == nil {
+		t.Fatalf("no transaction count:\n%s", res)
+	}
+	processed, _ := strconv.Atoi(m[1])
+	d := direct(t, db)
+	var sumN, badVersions int
+	if err := d.QueryRow(ctx, "SELECT sum(n), count(*) FILTER (WHERE version <> n + 1) FROM ledger").Scan(&sumN, &badVersions); err != nil {
+		t.Fatal(err)
+	}
+	if sumN != processed || badVersions != 0 {
+		t.Errorf("%d transactions, ledger sum %d, %d rows whose version missed an increment", processed, sumN, badVersions)
+	}
+
+	// The session opened before the reload now guards other, with the
+	// new stale SQLSTATE.
+	if _, err := before.Exec(ctx, "UPDATE other SET n = n + 1 WHERE id = 1"); err != nil {
+		t.Fatal(err)
+	}
+	if v := version(t, d, "other", 1); v != 2 {
+		t.Errorf("after the reload the open session's write left other at version %d, want 2", v)
+	}
+	_, err := before.Exec(ctx, "UPDATE other SET n = 0 WHERE id = 1 AND version = 99")
+	wantCode(t, err, "VL499")
+
+	// A session that had nothing guarded (no table configured) is guarded
+	// after a reload that adds one.
+	bare := startProxy(t, newConfig(t, pg.Addr()))
+	c := connect(t, bare.Addr, db)
+	if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := bare.Srv.Reload(newConfig(t, pg.Addr(), config.Table{Name: "public.other"})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, "SELECT 1"); err != nil { // its idle point
+		t.Fatal(err)
+	}
+	_, err = c.Exec(ctx, "UPDATE other SET n = 0 WHERE id = 1 AND version = 99")
+	wantCode(t, err, "VL409")
+}
