@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/pgoptimist/pgoptimist/rewrite"
 )
 
 // maxIdentifierBytes is PostgreSQL's NAMEDATALEN-1: longer identifiers are
@@ -112,17 +114,6 @@ func foldIdentifier(w string) string {
 	return string(b)
 }
 
-// QuoteIdentifier returns name (as stored by PostgreSQL) written as SQL: bare
-// when it is lower-case letters, digits, '_' and '$' not starting with a digit
-// or '$', double-quoted otherwise.
-func QuoteIdentifier(name string) string {
-	safe := name != ""
-	for i := 0; i < len(name) && safe; i++ {
-		c := name[i]
-		safe = c >= 'a' && c <= 'z' || c == '_' || i > 0 && (c >= '0' && c <= '9' || c == '$')
-	}
-	if safe {
-		return name
-	}
-	return `"` + strings.ReplaceAll(name, `"`, `""`) + `"`
-}
+// QuoteIdentifier returns name (as stored by PostgreSQL) written as SQL,
+// with the rewriter's quoting rules (one quoter for the whole program).
+func QuoteIdentifier(name string) string { return rewrite.QuoteIdent(name) }

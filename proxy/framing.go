@@ -101,9 +101,8 @@ func (s *session) reserve(total int) bool {
 		return true
 	}
 	s.srv.metrics.refusedBudget.Add(1)
-	s.cout.append(encodeError("FATAL", sqlstateOutOfMemory, "out of memory",
-		fmt.Sprintf("pgoptimist: no room to hold a message of %d bytes (limits.max_buffered_bytes)", total), "")...)
-	s.end(errOverBudget)
+	s.fatalDetail(sqlstateOutOfMemory, "out of memory",
+		fmt.Sprintf("pgoptimist: no room to hold a message of %d bytes (limits.max_buffered_bytes)", total), errOverBudget)
 	return false
 }
 

@@ -69,13 +69,7 @@ func (s *session) onQuery(msg []byte) error {
 // table, and checked or refused as its plan says.
 func (s *session) guardQuery(msg, sql []byte) error {
 	g := s.guard
-	if len(g.stmts) > 0 {
-		delete(g.stmts, "") // a simple query replaces the unnamed statement
-		if rewrite.DiscardsAll(unsafeString(sql)) {
-			clear(g.stmts)
-			clear(g.changers)
-		}
-	}
+	delete(g.stmts, "") // a simple query replaces the unnamed statement
 	delete(g.changers, "")
 	if s.queue.skipping || !g.rw.NeedsPlan(unsafeString(sql)) {
 		s.queue.push(pending{kind: pendQuery})

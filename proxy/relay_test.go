@@ -91,7 +91,7 @@ func TestStaleSimpleQuery(t *testing.T) {
 		t.Fatalf("zero-row result relayed: %q", s.cout.data())
 	}
 	sent := string(s.sout.data())
-	if !bytes.HasPrefix(s.sout.data(), []byte{'Q'}) || !bytes.Contains(s.sout.data(), []byte("RAISE EXCEPTION USING ERRCODE = 'VL409'")) || !bytes.Contains(s.sout.data(), []byte(`"id" = '7'`)) {
+	if !bytes.HasPrefix(s.sout.data(), []byte{'Q'}) || !bytes.Contains(s.sout.data(), []byte("RAISE EXCEPTION USING ERRCODE = 'VL409'")) || !bytes.Contains(s.sout.data(), []byte(`WHERE id = '7'`)) {
 		t.Fatalf("stale statement not sent: %q", sent)
 	}
 	if s.checks.holding() {

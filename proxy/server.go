@@ -1,6 +1,3 @@
-// Package proxy is pgoptimist's wire-protocol relay: the listener, client
-// sessions, the relay loops and the protocol state they keep, TLS, cancel
-// forwarding, limits and metrics.
 package proxy
 
 import (

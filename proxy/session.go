@@ -316,8 +316,15 @@ func (s *session) relay() error {
 
 // fatal queues a FATAL error for the client and ends the session once it is
 // written.
-func (s *session) fatal(code, msg string, cause error) {
-	s.cout.append(encodeError("FATAL", code, msg, "", "")...)
+func (s *session) fatal(code, msg string, cause error) { s.fatalDetail(code, msg, "", cause) }
+
+// fatalDetail is the one way a relaying session tells its client that it
+// ends (startup has tellClient): one FATAL, and no frame after it.
+func (s *session) fatalDetail(code, msg, detail string, cause error) {
+	if s.ending {
+		return
+	}
+	s.cout.append(encodeError("FATAL", code, msg, detail, "")...)
 	s.end(cause)
 }
 
@@ -336,7 +343,7 @@ func (l *loop) terminate(s *session) {
 		return
 	}
 	if s.sPass == 0 {
-		s.cout.append(encodeError("FATAL", sqlstateAdminShutdown, "terminating connection due to administrator command", "", "")...)
+		s.fatal(sqlstateAdminShutdown, "terminating connection due to administrator command", errShutdown)
 		_ = writeOut(s.cfd, &s.cout)
 	}
 	if s.cPass == 0 && s.sout.len() == 0 {

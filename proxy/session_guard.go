@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"log/slog"
-	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgoptimist/pgoptimist/rewrite"
@@ -77,20 +76,11 @@ func (bp *boundPortal) staleDetail() staleDetail {
 }
 
 // quietWhenEmpty reports whether a run of st that affects no row writes
-// nothing at all: a plain UPDATE, DELETE or INSERT (no WITH clause that
-// could hold a data-modifying CTE) on a table without statement-level
-// triggers or rules.
+// nothing at all: what the parser says of the statement (a plain UPDATE,
+// DELETE or INSERT, no WITH clause that could hold a data-modifying CTE),
+// on a table without statement-level triggers or rules.
 func (g *sessionGuard) quietWhenEmpty(st *rewrite.Statement) bool {
-	if st.Policy == nil || g.sideEffects[st.Policy.QualifiedName()] {
-		return false
-	}
-	sql := strings.TrimLeft(st.SQL, " \t\r\n")
-	for _, kw := range []string{"update", "delete", "insert"} {
-		if len(sql) > len(kw) && strings.EqualFold(sql[:len(kw)], kw) {
-			return true
-		}
-	}
-	return false
+	return st.Policy != nil && st.QuietWhenEmpty && !g.sideEffects[st.Policy.QualifiedName()]
 }
 
 // plan plans a statement that passed the prefilter. On a parse failure it
@@ -111,7 +101,8 @@ func (g *sessionGuard) plan(sql string) (*rewrite.Plan, string) {
 	return nil, ""
 }
 
-// trackPrepared follows SQL-level PREPARE and DEALLOCATE.
+// trackPrepared follows SQL-level PREPARE, DEALLOCATE and DISCARD ALL, as
+// the parser reads them.
 func (g *sessionGuard) trackPrepared(plan *rewrite.Plan) {
 	for i := range plan.Statements {
 		st := &plan.Statements[i]
@@ -125,8 +116,15 @@ func (g *sessionGuard) trackPrepared(plan *rewrite.Plan) {
 		case rewrite.KindDeallocate:
 			if st.DeallocateAll {
 				clear(g.stmts)
+				clear(g.changers)
 			} else {
 				delete(g.stmts, st.DeallocateName)
+				delete(g.changers, st.DeallocateName)
+			}
+		case rewrite.KindDiscard:
+			if st.Discard == rewrite.DiscardAll { // DISCARD PLANS keeps prepared statements
+				clear(g.stmts)
+				clear(g.changers)
 			}
 		}
 	}

@@ -99,18 +99,12 @@ func decodeParam(val []byte, binaryFormat bool, oid uint32) (string, bool) {
 	return "", false
 }
 
-// quoteLiteral quotes s as an SQL string literal that means the same under
-// any standard_conforming_strings setting.
-func quoteLiteral(s string) string {
-	if strings.ContainsRune(s, '\\') {
-		return "E'" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "'", "''") + "'"
-	}
-	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
-}
-
-func quoteIdent(s string) string {
-	return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
-}
+// quoteLiteral and quoteIdent are the rewriter's quoters (one for the
+// whole program).
+var (
+	quoteLiteral = rewrite.QuoteLiteral
+	quoteIdent   = rewrite.QuoteIdent
+)
 
 // doBlock wraps a PL/pgSQL body in a DO statement with a dollar-quote tag
 // that does not occur in the body.

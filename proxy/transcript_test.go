@@ -196,7 +196,7 @@ func (l sqlLike) String() string {
 // staleQuery is the statement that raises the stale error for a key and
 // an expected version, sent as a simple Query.
 func staleQuery(expected, key string) sqlLike {
-	return sqlLike{prefix: "DO $pgoptimist$", parts: []string{`FROM "public"."address" WHERE "id" = ` + quoteLiteral(key),
+	return sqlLike{prefix: "DO $pgoptimist$", parts: []string{`FROM public.address WHERE id = ` + quoteLiteral(key),
 		"RAISE EXCEPTION USING ERRCODE = 'VL409'", "expected version " + expected}}
 }
 

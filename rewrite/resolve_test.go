@@ -76,14 +76,3 @@ func BenchmarkMayChangeResolution(b *testing.B) {
 	}
 }
 
-func TestDiscardsAll(t *testing.T) {
-	for sql, want := range map[string]bool{
-		"DISCARD ALL": true, "discard all; select 1": true, "SELECT 1; DISCARD ALL": true,
-		"DISCARD PLANS": false, "DISCARD TEMP": false, "SELECT 'discard all'": false,
-		"SELECT discarded FROM t": false, "DISCARD ALL garbage": false,
-	} {
-		if got := DiscardsAll(sql); got != want {
-			t.Errorf("DiscardsAll(%q) = %v, want %v", sql, got, want)
-		}
-	}
-}
