@@ -68,3 +68,6 @@ func (t *logThrottle) allow(now time.Time) (bool, int) {
 	t.next = now.Add(t.interval)
 	return true, n
 }
+
+// BufferedBytes is what the sessions hold of limits.max_buffered_bytes now.
+func (s *Server) BufferedBytes() int64 { return s.buffered.Used() }
