@@ -75,4 +75,3 @@ func BenchmarkMayChangeResolution(b *testing.B) {
 		MayChangeResolution(q)
 	}
 }
-
