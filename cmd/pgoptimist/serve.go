@@ -59,6 +59,18 @@ func serve(ctx context.Context, cfg *config.Config, fs *pflag.FlagSet, ready fun
 	if err != nil {
 		return err
 	}
+	// Signals and the file watcher are set up before the process says it
+	// listens: a SIGHUP or an edit right after that line is not lost.
+	signals := make(chan os.Signal, 4)
+	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	defer signal.Stop(signals)
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	var fileChanged <-chan struct{}
+	if path := configPath(fs); path != "" {
+		fileChanged = watchFile(ctx, path, 2*time.Second)
+	}
 	log.Info("pgoptimist listening", "listen", ln.Addr().String(), "upstream", cfg.Upstream.Address, "tables", len(cfg.Tables), "version", version)
 
 	var metricsSrv *http.Server
@@ -72,10 +84,6 @@ func serve(ctx context.Context, cfg *config.Config, fs *pflag.FlagSet, ready fun
 		go func() { _ = metricsSrv.Serve(mln) }()
 		log.Info("metrics listening", "listen", mln.Addr().String())
 	}
-
-	signals := make(chan os.Signal, 4)
-	signal.Notify(signals, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
-	defer signal.Stop(signals)
 
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -104,13 +112,6 @@ func serve(ctx context.Context, cfg *config.Config, fs *pflag.FlagSet, ready fun
 		cfg = next
 		srv.Metrics().Reloaded(nil)
 		log.Info("configuration reloaded", "trigger", why, "tables", len(next.Tables))
-	}
-	var fileChanged <-chan struct{}
-	if path := configPath(fs); path != "" {
-		fileChanged = watchFile(ctx, path, 2*time.Second)
-	}
-	if ctx == nil {
-		ctx = context.Background()
 	}
 	for {
 		select {
