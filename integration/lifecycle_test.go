@@ -141,3 +141,44 @@ func TestMissingTableLoggedOnce(t *testing.T) {
 		t.Errorf("logged %d times for 5 connections:\n%s", n, logs.String())
 	}
 }
+
+// TestServerGoneDuringLogin: when the connection to the server breaks
+// during the login (a restart, a crash, a network fault: here a relay in
+// front of the real server that cuts it once the server has answered the
+// startup packet), the client is told with FATAL 08006 instead of finding
+// its connection closed without a word.
+func TestServerGoneDuringLogin(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				s, err := net.Dial("tcp", pg.Addr())
+				if err != nil {
+					return
+				}
+				defer s.Close()
+				go func() { _, _ = io.Copy(s, c) }()
+				buf := make([]byte, 1)
+				_, _ = s.Read(buf) // the server has answered: cut here
+			}()
+		}
+	}()
+	p := startProxy(t, newConfig(t, ln.Addr().String()))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err = pgx.Connect(ctx, dsn(p.Addr, "", "", ""))
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "08006" || pe.Severity != "FATAL" {
+		t.Fatalf("want FATAL 08006, got %v", err)
+	}
+}

@@ -287,7 +287,11 @@ func (s *session) authenticate() (ready []byte, err error) {
 	for {
 		msg, err := s.sr.next()
 		if err != nil {
-			return nil, fmt.Errorf("reading from server during startup: %w", err)
+			// The server went away mid-login (a restart, a crash): the
+			// client is told, as PostgreSQL's own clients are by the
+			// failure, rather than left with a closed connection.
+			return nil, &fatalError{code: sqlstateConnectionFailure, msg: "pgoptimist: the database server closed the connection during login",
+				cause: fmt.Errorf("reading from server during startup: %w", err)}
 		}
 		switch serverMsg(msg[0]) {
 		case msgAuthentication:
