@@ -183,23 +183,26 @@ func copyThrough(in, out *buffer, left *int, drop bool) bool {
 	return true
 }
 
+// clientRequest is a request of the client's own, answered to the client.
+func clientRequest(k pendingKind) pending { return pending{kind: k, answer: answerClient} }
+
 // passClient records what a frame copied through will be answered with.
 func (s *session) passClient(typ clientMsg) bool {
 	switch typ {
 	case msgQuery, msgFunctionCall:
-		s.queue.push(pending{kind: pendQuery})
+		s.queue.push(clientRequest(pendQuery))
 	case msgParse:
-		s.queue.push(pending{kind: pendParse})
+		s.queue.push(clientRequest(pendParse))
 	case msgBind:
-		s.queue.push(pending{kind: pendBind})
+		s.queue.push(clientRequest(pendBind))
 	case msgExecute:
-		s.queue.push(pending{kind: pendExecute})
+		s.queue.push(clientRequest(pendExecute))
 	case msgClose:
-		s.queue.push(pending{kind: pendClose})
+		s.queue.push(clientRequest(pendClose))
 	case msgDescribe:
-		s.queue.push(pending{kind: pendDescribe})
+		s.queue.push(clientRequest(pendDescribe))
 	case msgSync:
-		s.queue.push(pending{kind: pendSync})
+		s.queue.push(clientRequest(pendSync))
 	case msgFlush, msgCopyData, msgCopyDone, msgCopyFail:
 	case msgTerminate:
 		s.end(errClientTerminated)
