@@ -101,22 +101,8 @@ func TestServeSignals(t *testing.T) {
 	}
 	bin := buildBinary(t)
 	cfgPath := writeFile(t, "c.yaml", "listen: 127.0.0.1:0\nupstream:\n  address: 127.0.0.1:1\n")
-	cmd := exec.Command(bin, "serve", "--config", cfgPath)
-	var logs lockedBuffer
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	waitFor := func(s string) {
-		t.Helper()
-		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			if strings.Contains(logs.String(), s) {
-				return
-			}
-		}
-		t.Fatalf("log never showed %q:\n%s", s, logs.String())
-	}
+	cmd, logs := runServe(t, bin, "serve", "--config", cfgPath)
+	waitFor := func(s string) { t.Helper(); waitLog(t, logs, regexp.QuoteMeta(s)) }
 	waitFor("pgoptimist listening")
 	if err := os.WriteFile(cfgPath, []byte("listen: [not, a, string\n"), 0o644); err != nil {
 		t.Fatal(err)
@@ -234,6 +220,36 @@ func TestDemo(t *testing.T) {
 	}
 }
 
+// runServe starts argv (the built binary, or a command that runs it) with
+// its log collected; the process is killed when the test ends.
+func runServe(t *testing.T, argv ...string) (*exec.Cmd, *lockedBuffer) {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	logs := &lockedBuffer{}
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	return cmd, logs
+}
+
+// waitLog waits up to 20 s for the log to match re and returns the match.
+func waitLog(t *testing.T, logs *lockedBuffer, re string) []string {
+	t.Helper()
+	rx := regexp.MustCompile(re)
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if m := rx.FindStringSubmatch(logs.String()); m != nil {
+			return m
+		}
+	}
+	t.Fatalf("log never matched %q:\n%s", re, logs.String())
+	return nil
+}
+
 // lockedBuffer collects a child's log while the test reads it.
 type lockedBuffer struct {
 	mu sync.Mutex
@@ -262,22 +278,8 @@ func TestServeReloadAppliedOnce(t *testing.T) {
 	bin := buildBinary(t)
 	base := "listen: 127.0.0.1:0\nupstream:\n  address: 127.0.0.1:1\nlog:\n  level: debug\n"
 	cfgPath := writeFile(t, "c.yaml", base)
-	cmd := exec.Command(bin, "serve", "--config", cfgPath)
-	var logs lockedBuffer
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	waitFor := func(s string) {
-		t.Helper()
-		for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-			if strings.Contains(logs.String(), s) {
-				return
-			}
-		}
-		t.Fatalf("log never showed %q:\n%s", s, logs.String())
-	}
+	cmd, logs := runServe(t, bin, "serve", "--config", cfgPath)
+	waitFor := func(s string) { t.Helper(); waitLog(t, logs, regexp.QuoteMeta(s)) }
 	waitFor("pgoptimist listening")
 	if err := os.WriteFile(cfgPath, []byte(base+"tables:\n  - name: public.address\n"), 0o644); err != nil {
 		t.Fatal(err)

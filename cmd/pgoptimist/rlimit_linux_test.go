@@ -39,23 +39,8 @@ func TestServeRaisesFileLimit(t *testing.T) {
 	}
 	bin := buildBinary(t)
 	cfgPath := writeFile(t, "c.yaml", "listen: 127.0.0.1:0\nupstream:\n  address: 127.0.0.1:1\n")
-	cmd := exec.Command(prlimit, fmt.Sprintf("--nofile=%d:%d", soft, hard), bin, "serve", "--config", cfgPath)
-	logs := &lockedBuffer{}
-	cmd.Stderr = logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	}()
-	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(logs.String(), "pgoptimist listening") {
-		if time.Now().After(deadline) {
-			t.Fatalf("never listening:\n%s", logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	cmd, logs := runServe(t, prlimit, fmt.Sprintf("--nofile=%d:%d", soft, hard), bin, "serve", "--config", cfgPath)
+	waitLog(t, logs, "pgoptimist listening")
 
 	out := logs.String()
 	if !regexp.MustCompile(`msg="open file limit" soft=1500 hard=1500`).MatchString(out) {
@@ -108,25 +93,8 @@ func TestServeOutOfDescriptors(t *testing.T) {
 	}
 	bin := buildBinary(t)
 	cfgPath := writeFile(t, "c.yaml", "listen: 127.0.0.1:0\nupstream:\n  address: 127.0.0.1:1\nlimits:\n  startup_timeout: 60s\n  max_startup_connections: 1000\n")
-	cmd := exec.Command(prlimit, "--nofile=48:48", bin, "serve", "--config", cfgPath)
-	logs := &lockedBuffer{}
-	cmd.Stderr = logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	}()
-	addrRE := regexp.MustCompile(`msg="pgoptimist listening" listen=(\S+)`)
-	var addr string
-	for deadline := time.Now().Add(20 * time.Second); addr == ""; time.Sleep(20 * time.Millisecond) {
-		if m := addrRE.FindStringSubmatch(logs.String()); m != nil {
-			addr = m[1]
-		} else if time.Now().After(deadline) {
-			t.Fatalf("never listening:\n%s", logs.String())
-		}
-	}
+	_, logs := runServe(t, prlimit, "--nofile=48:48", bin, "serve", "--config", cfgPath)
+	addr := waitLog(t, logs, `msg="pgoptimist listening" listen=(\S+)`)[1]
 	for i := 0; i < 60; i++ {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
