@@ -565,35 +565,43 @@ WHERE ev_class = $1 AND rulename <> '_RETURN' AND ev_enabled <> 'D' ORDER BY rul
 	return nil
 }
 
-// checkSearchPath explains how the proxy resolves the table's unqualified
-// name: through "$user", public, whatever the session's search_path says.
+// checkSearchPath explains how the table's unqualified name is resolved:
+// per session, as the server resolves it (the proxy asks it), so what an
+// operator needs to know is which other tables of the same name a session
+// may reach first, unguarded, and which role or database settings put
+// another schema first.
 func checkSearchPath(ctx context.Context, conn *pgx.Conn, t config.Table, schema, table string, add func(finding)) error {
 	qtable := config.QuoteIdentifier(table)
-	var schemaIsRole bool
-	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = $1)`, schema).Scan(&schemaIsRole); err != nil {
-		return err
-	}
 	rows, err := conn.Query(ctx, `SELECT n.nspname::pg_catalog.text
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.relname = $1 AND n.nspname <> $2 AND c.relkind IN ('r', 'p', 'v', 'f')
-  AND EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.rolname = n.nspname)
+  AND n.nspname NOT LIKE 'pg\_temp\_%' AND n.nspname NOT LIKE 'pg\_toast%'
 ORDER BY 1`, table, schema)
 	if err != nil {
 		return err
 	}
-	shadows, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	others, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
 		return err
 	}
-	switch {
-	case schema == config.DefaultSchema && len(shadows) == 0:
-		add(finding{Check: "search_path", Status: statusOK, Message: fmt.Sprintf(`unqualified %s resolves to %s (the proxy resolves through "$user", public, not the session's search_path)`, qtable, t.Name)})
-	case schema == config.DefaultSchema:
-		add(finding{Check: "search_path", Status: statusWarn, Message: fmt.Sprintf(`for role(s) %s, unqualified %s means their own schema's table (the proxy resolves through "$user", public), which is not guarded; qualify it as %s in their SQL`, strings.Join(shadows, ", "), qtable, t.Name)})
-	case schemaIsRole:
-		add(finding{Check: "search_path", Status: statusWarn, Message: fmt.Sprintf(`unqualified %s means %s only in sessions of role %s (the proxy resolves through "$user", public); other roles must write %s`, qtable, t.Name, schema, t.Name)})
-	default:
-		add(finding{Check: "search_path", Status: statusWarn, Message: fmt.Sprintf(`schema %s is not on the proxy's search path ("$user", public): only statements that write %s qualified are guarded`, config.QuoteIdentifier(schema), t.Name)})
+	rows, err = conn.Query(ctx, `SELECT coalesce(r.rolname::pg_catalog.text, 'every role') || coalesce(' in database ' || d.datname::pg_catalog.text, '') || ': ' || cfg
+FROM pg_catalog.pg_db_role_setting s CROSS JOIN LATERAL pg_catalog.unnest(s.setconfig) AS cfg
+LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.setrole LEFT JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase
+WHERE cfg LIKE 'search\_path=%' ORDER BY 1`)
+	if err != nil {
+		return err
+	}
+	settings, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	msg := fmt.Sprintf("unqualified %s is resolved in each session as the server resolves it (search_path, role, temporary tables): guarded wherever it reaches %s", qtable, t.Name)
+	if len(settings) > 0 {
+		msg += "; search_path set by ALTER ROLE/DATABASE: " + strings.Join(settings, "; ")
+	}
+	add(finding{Check: "search_path", Status: statusOK, Message: msg})
+	if len(others) > 0 {
+		add(finding{Check: "search_path", Status: statusWarn, Message: fmt.Sprintf("other tables named %s exist in schema(s) %s: sessions whose search_path reaches one of them first write it, unguarded (as the server does); qualify %s where that is not meant", qtable, strings.Join(others, ", "), t.Name)})
 	}
 	return nil
 }

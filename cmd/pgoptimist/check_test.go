@@ -13,8 +13,8 @@ import (
 	"github.com/pgoptimist/pgoptimist/internal/pgtemp"
 )
 
-// checkSchema has a ready table, half-ready ones, and traps: a role whose
-// own schema shadows a guarded name, and a role whose search_path puts
+// checkSchema has a ready table, half-ready ones, and traps: a table in
+// another schema with a guarded table's name, and a role whose search_path puts
 // look-alike catalog views before pg_catalog.
 const checkSchema = `
 CREATE TABLE public.ready_t (id int PRIMARY KEY, version integer NOT NULL DEFAULT 1, v text);
@@ -97,7 +97,8 @@ func TestCheckCommand(t *testing.T) {
 			"CREATE UNIQUE INDEX CONCURRENTLY ON public.nokey (a);",
 			"version column version has type text",
 			"BEFORE ROW trigger(s) skipper",
-			"for role(s) app, unqualified ready_t means their own schema's table",
+			"other tables named ready_t exist in schema(s) app",
+			"search_path set by ALTER ROLE/DATABASE: checker: search_path=evil, pg_catalog, public",
 			"mode tracked",
 			"2 of 7 tables ready.",
 			"-- DDL that would fix what is missing",
