@@ -1,6 +1,9 @@
 package rewrite
 
-import "testing"
+import (
+	"strings"
+	"testing"
+)
 
 // TestExactPath: under an exact path an unqualified name reaches the
 // guarded table the server said it reaches, and nothing when the server
@@ -74,4 +77,30 @@ func BenchmarkMayChangeResolution(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		MayChangeResolution(q)
 	}
+}
+
+// FuzzMayChangeResolution: any client text; the answer does not depend on
+// ASCII case, and a text that starts with SET search_path is always seen.
+func FuzzMayChangeResolution(f *testing.F) {
+	for _, s := range []string{"SET search_path TO app", "select 1", "RESET ALL", "\x00\xff", "pg_catalog.set_config('search_path','x',false)"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got := MayChangeResolution(s)
+		if got != MayChangeResolution(strings.ToUpper(s)) && isASCII(s) {
+			t.Errorf("%q: case changes the answer", s)
+		}
+		if !MayChangeResolution("SET search_path TO x;" + s) {
+			t.Errorf("a leading SET search_path not seen before %q", s)
+		}
+	})
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
