@@ -158,7 +158,12 @@ func (s *session) logEnd(what string, err error) {
 	}
 	var pe *protocolError
 	if errors.As(err, &pe) || errors.Is(err, errProtocol) {
+		// Hostile clients come in floods: a summary, not a line each.
 		s.srv.metrics.protocolErrors.Add(1)
+		if ok, suppressed := s.srv.startupLog.allow(time.Now()); ok {
+			s.srv.log.Info(what, "client", s.client.RemoteAddr().String(), "user", s.user, "database", s.database, "err", err, "similar_lines_suppressed", suppressed)
+		}
+		return
 	}
 	s.srv.log.Info(what, "client", s.client.RemoteAddr().String(), "user", s.user, "database", s.database, "err", err)
 }
