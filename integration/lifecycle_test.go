@@ -182,3 +182,24 @@ func TestServerGoneDuringLogin(t *testing.T) {
 		t.Fatalf("want FATAL 08006, got %v", err)
 	}
 }
+
+// TestHostileConnectionsLoggedAsSummary: a flood of connections that end
+// badly before logging in gives one log line and then a summary, not a line
+// each.
+func TestHostileConnectionsLoggedAsSummary(t *testing.T) {
+	t.Parallel()
+	p, logs := startProxyCapture(t, newConfig(t, pg.Addr()))
+	for i := 0; i < 50; i++ {
+		c, err := net.Dial("tcp", p.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = c.Write(startupPacket(4 << 16)) // unsupported protocol: FATAL 0A000
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, _ = io.ReadAll(c)
+		c.Close()
+	}
+	if n := strings.Count(logs.String(), "session ended during startup"); n < 1 || n > 2 {
+		t.Errorf("50 hostile connections gave %d log lines:\n%s", n, logs.String())
+	}
+}
