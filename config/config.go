@@ -109,7 +109,7 @@ func Defaults() Config {
 			MaxMessageBytes:       64 << 20,  // 67108864
 			MaxSQLBytes:           1 << 20,   // 1048576
 			MaxBufferedBytes:      256 << 20, // 268435456
-			MaxStartupConnections: 256,
+			MaxStartupConnections: 1000,
 			StartupTimeout:        10 * time.Second,
 			LoginTimeout:          60 * time.Second,
 		},

@@ -205,7 +205,10 @@ func (s *session) closeConns() {
 	}
 }
 
-var errShutdown = errors.New("closed by shutdown")
+var (
+	errShutdown     = errors.New("closed by shutdown")
+	errSessionEnded = errors.New("session ended")
+)
 
 // start runs the startup phase: client negotiation (bounded by
 // limits.startup_timeout), then limits, the upstream connection,
@@ -302,7 +305,7 @@ func (s *session) relay() error {
 		// The loop is done with the session: end its question, so a
 		// discovery it had claimed goes to the next session.
 		s.own = nil
-		q.done(errors.New("session ended"))
+		q.done(errSessionEnded)
 	}
 	// TLS bridges end when their peers close; one that stays silent is
 	// closed after a moment, so its pumping goroutines cannot outlive the

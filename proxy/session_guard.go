@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"errors"
 	"log/slog"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -156,6 +157,10 @@ func (s *session) followReload() {
 			sql:   catalogSQL(db.cfg),
 			onRow: func(v [][]byte) error { return parseCatalogRow(v, rows) },
 			done: func(err error) {
+				if errors.Is(err, errSessionEnded) {
+					db.finish(nil, err) // the next session asks
+					return
+				}
 				if err != nil {
 					reg.metrics.discoveryErrors.Add(1)
 					s.srv.log.Warn("catalog discovery after a reload failed; the session keeps its policies and tries again at its next idle point", "database", s.database, "err", err)
