@@ -16,7 +16,7 @@ import (
 )
 
 // socketPair returns two connected Unix stream sockets.
-func socketPair(t *testing.T) (net.Conn, net.Conn) {
+func socketPair(t testing.TB) (net.Conn, net.Conn) {
 	t.Helper()
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -36,7 +36,7 @@ func socketPair(t *testing.T) (net.Conn, net.Conn) {
 
 // loopSession runs a session on ls over socket pairs and returns the test's
 // ends of them and the relay's result.
-func loopSession(t *testing.T, srv *Server, guard *sessionGuard) (client, server net.Conn, done <-chan error) {
+func loopSession(t testing.TB, srv *Server, guard *sessionGuard) (client, server net.Conn, done <-chan error) {
 	t.Helper()
 	c1, c2 := socketPair(t)
 	s1, s2 := socketPair(t)

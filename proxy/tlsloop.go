@@ -153,6 +153,11 @@ type tlsSide struct {
 // handled by crypto/tls on the way, and any answer they need is queued in
 // the transport's output; a renegotiation request is refused with an error
 // that ends the session, as PostgreSQL refuses renegotiation.
+//
+// Each Read takes one whole record's plaintext (the buffer has room for
+// the largest), so once the transport has no ciphertext left nothing is
+// left to decrypt either: stopping there rather than at errWouldBlock
+// saves a call into crypto/tls, and its allocation, per event.
 func (ts *tlsSide) decrypt(q *buffer) error {
 	for {
 		n, err := ts.conn.Read(q.spare(maxTLSPlaintext))
@@ -162,6 +167,9 @@ func (ts *tlsSide) decrypt(q *buffer) error {
 				return nil
 			}
 			return err
+		}
+		if ts.t.rin.len() == 0 && !ts.t.eof {
+			return nil
 		}
 	}
 }

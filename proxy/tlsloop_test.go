@@ -13,6 +13,7 @@ import (
 	"io"
 	"log/slog"
 	"math/big"
+	"net"
 	"runtime"
 	"testing"
 	"time"
@@ -23,7 +24,7 @@ import (
 
 // testTLSConfig is a server configuration with a throwaway self-signed
 // certificate.
-func testTLSConfig(t *testing.T) *tls.Config {
+func testTLSConfig(t testing.TB) *tls.Config {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -39,7 +40,7 @@ func testTLSConfig(t *testing.T) *tls.Config {
 }
 
 // handshake runs both sides of a TLS handshake.
-func handshake(t *testing.T, a, b *tls.Conn) {
+func handshake(t testing.TB, a, b *tls.Conn) {
 	t.Helper()
 	errc := make(chan error, 1)
 	go func() { errc <- a.Handshake() }()
@@ -53,7 +54,7 @@ func handshake(t *testing.T, a, b *tls.Conn) {
 
 // tlsLoopSession runs a session with TLS on both legs on ls, over socket
 // pairs, and returns the test's ends (a TLS client and a TLS server).
-func tlsLoopSession(t *testing.T, srv *Server, version uint16) (client, server *tls.Conn, done <-chan error) {
+func tlsLoopSession(t testing.TB, srv *Server, version uint16) (client, server *tls.Conn, done <-chan error) {
 	t.Helper()
 	c1, c2 := socketPair(t)
 	s1, s2 := socketPair(t)
@@ -179,5 +180,52 @@ func TestLoopTLSTruncated(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("the session did not end")
+	}
+}
+
+// BenchmarkLoopRoundTrip is one small query and its small answer through a
+// session on the loop, plain and with TLS on both legs.
+func BenchmarkLoopRoundTrip(b *testing.B) {
+	for _, withTLS := range []bool{false, true} {
+		name := "plain"
+		if withTLS {
+			name = "tls"
+		}
+		b.Run(name, func(b *testing.B) {
+			ls, err := newLoopSet(1)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ls.stop()
+			srv := &Server{log: slog.New(slog.NewTextHandler(io.Discard, nil)), metrics: newMetrics(), loops: ls}
+			var client, server net.Conn
+			if withTLS {
+				client, server, _ = tlsLoopSession(b, srv, tls.VersionTLS13)
+			} else {
+				client, server, _ = loopSession(b, srv, nil)
+			}
+			query := frames(&pgproto3.Query{String: "SELECT abalance FROM pgbench_accounts WHERE aid = 4242"})
+			reply := frames(&pgproto3.DataRow{Values: [][]byte{[]byte("0")}}, &pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")}, &pgproto3.ReadyForQuery{TxStatus: 'I'})
+			qbuf, rbuf := make([]byte, len(query)), make([]byte, len(reply))
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				if _, err := client.Write(query); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(server, qbuf); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := server.Write(reply); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(client, rbuf); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.StopTimer()
+			client.Close()
+			server.Close()
+		})
 	}
 }
