@@ -414,8 +414,7 @@ run_one() {
 			awk -v w="$w" -v t="$t" -v d=$((c1 - c0)) -v n="$ntx" -v hz="$CLK_TCK" \
 				'BEGIN { printf "%s %s %.2f\n", w, t, d * 1e6 / hz / n }' >>"$CPU_RESULTS"
 	fi
-	return 0
-	printf '[bench %s]   %-2s %-11s round %d: tps %10.1f  latency %.3f ms\n' \
+	printf '[bench %s]   %-2s %-14s round %d: tps %10.1f  latency %.3f ms\n' \
 		"$(date +%H:%M:%S)" "$w" "$t" "$r" "$tps" "$lat" >&2
 }
 
