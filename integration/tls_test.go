@@ -518,10 +518,106 @@ func TestTLSBothLegs(t *testing.T) {
 		tlsRenegotiation(t, e)
 	})
 
+	t.Run("key_update", func(t *testing.T) {
+		tlsKeyUpdate(t, e)
+	})
+
 	// The proxy went on serving through all of the above.
 	if n := relayWaitMetric(t, p, "pgoptimist_sessions_active", 0); n != 0 {
 		t.Errorf("%d sessions still active at the end", n)
 	}
+}
+
+// sClient is openssl s_client in a session through the proxy: the
+// StartupMessage is written to its stdin and it is up to ReadyForQuery.
+type sClient struct {
+	cmd    *exec.Cmd
+	stdin  io.WriteCloser
+	out    *bufio.Reader
+	stderr chan string // s_client's stderr, line by line
+	errLog strings.Builder
+	pid    uint32
+}
+
+func startSClient(t *testing.T, addr, version string) *sClient {
+	t.Helper()
+	bin, err := exec.LookPath("openssl")
+	if err != nil {
+		t.Skip("openssl not installed")
+	}
+	ctx := relayCtx(t, 30*time.Second)
+	c := &sClient{cmd: exec.CommandContext(ctx, bin, "s_client", "-connect", addr, "-starttls", "postgres", version), stderr: make(chan string, 100)}
+	if c.stdin, err = c.cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := c.cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stderr, err := c.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer close(c.stderr)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			c.stderr <- sc.Text()
+		}
+	}()
+	c.out = bufio.NewReader(stdout)
+	pkt, err := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": "postgres", "database": "postgres"}}).Encode(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.stdin.Write(pkt); err != nil {
+		t.Fatal(err)
+	}
+	// ReadyForQuery is 'Z', 0,0,0,5, 'I'.
+	seen := c.until(t, []byte{'Z', 0, 0, 0, 5, 'I'})
+	i := bytes.Index(seen, []byte{'K', 0, 0, 0, 12})
+	if i < 0 {
+		t.Fatal("no BackendKeyData before ReadyForQuery")
+	}
+	c.pid = binary.BigEndian.Uint32(seen[i+5:])
+	return c
+}
+
+// until reads s_client's output up to pattern and returns it.
+func (c *sClient) until(t *testing.T, pattern []byte) []byte {
+	t.Helper()
+	var seen []byte
+	for !bytes.HasSuffix(seen, pattern) {
+		b, err := c.out.ReadByte()
+		if err != nil {
+			t.Fatalf("s_client output ended before %q: %v\n%s", pattern, err, c.drainErr())
+		}
+		seen = append(seen, b)
+	}
+	return seen
+}
+
+// waitErr waits for a line of stderr containing s.
+func (c *sClient) waitErr(t *testing.T, s string) {
+	t.Helper()
+	for line := range c.stderr {
+		c.errLog.WriteString(line + "\n")
+		if strings.Contains(line, s) {
+			return
+		}
+	}
+	t.Fatalf("s_client never said %q:\n%s", s, c.errLog.String())
+}
+
+// drainErr returns all of stderr once s_client has exited.
+func (c *sClient) drainErr() string {
+	for line := range c.stderr {
+		c.errLog.WriteString(line + "\n")
+	}
+	return c.errLog.String()
 }
 
 // tlsRenegotiation asks for a TLS 1.2 renegotiation in the middle of a
@@ -529,55 +625,52 @@ func TestTLSBothLegs(t *testing.T) {
 // PostgreSQL does, and the session ends without the server noticing
 // anything but its client leaving.
 func tlsRenegotiation(t *testing.T, e *tlsEnv) {
-	bin, err := exec.LookPath("openssl")
-	if err != nil {
-		t.Skip("openssl not installed")
-	}
-	ctx := relayCtx(t, 30*time.Second)
-	cmd := exec.CommandContext(ctx, bin, "s_client", "-connect", e.p.Addr, "-starttls", "postgres", "-tls1_2")
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
+	c := startSClient(t, e.p.Addr, "-tls1_2")
+	if _, err := c.stdin.Write([]byte("R\n")); err != nil {
 		t.Fatal(err)
 	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	startup := (&pgproto3.StartupMessage{ProtocolVersion: pgproto3.ProtocolVersionNumber, Parameters: map[string]string{"user": "postgres", "database": "postgres"}})
-	pkt, err := startup.Encode(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := stdin.Write(pkt); err != nil {
-		t.Fatal(err)
-	}
-	// Wait for the session to be up: ReadyForQuery is 'Z', 0,0,0,5, 'I'.
-	out := bufio.NewReader(stdout)
-	var seen []byte
-	for !bytes.Contains(seen, []byte{'Z', 0, 0, 0, 5, 'I'}) {
-		b, err := out.ReadByte()
-		if err != nil {
-			t.Fatalf("s_client output ended before ReadyForQuery: %v\n%s", err, stderr.String())
-		}
-		seen = append(seen, b)
-	}
-	pid := binary.BigEndian.Uint32(seen[bytes.Index(seen, []byte{'K', 0, 0, 0, 12})+5:])
-	if _, err := stdin.Write([]byte("R\n")); err != nil {
-		t.Fatal(err)
-	}
-	rest, _ := io.ReadAll(out)
-	err = cmd.Wait()
-	stdin.Close()
+	rest, _ := io.ReadAll(c.out)
+	log := c.drainErr()
+	err := c.cmd.Wait()
+	c.stdin.Close()
 	// crypto/tls answers a ClientHello after the handshake with a fatal
 	// alert (PostgreSQL's OpenSSL with a no_renegotiation one): either way
 	// no second handshake happens and the session ends.
-	if err == nil || !strings.Contains(stderr.String(), "RENEGOTIATING") || !strings.Contains(stderr.String(), "alert") {
-		t.Errorf("s_client (%v) did not report a refused renegotiation:\n%s%q", err, stderr.String(), rest)
+	if err == nil || !strings.Contains(log, "RENEGOTIATING") || !strings.Contains(log, "alert") {
+		t.Errorf("s_client (%v) did not report a refused renegotiation:\n%s%q", err, log, rest)
 	}
-	e.backendGone(t, pid)
+	e.backendGone(t, c.pid)
+}
+
+// tlsKeyUpdate sends a TLS 1.3 KeyUpdate asking for the proxy's in return
+// (s_client's K command) in the middle of a session: the loop answers it
+// and the session goes on under the new keys both ways.
+func tlsKeyUpdate(t *testing.T, e *tlsEnv) {
+	c := startSClient(t, e.p.Addr, "-tls1_3")
+	if _, err := c.stdin.Write([]byte("K\n")); err != nil {
+		t.Fatal(err)
+	}
+	c.waitErr(t, "KEYUPDATE")
+	// Extended protocol: a stdin chunk starting with 'Q' would be
+	// s_client's quit command.
+	var q []byte
+	for _, m := range []pgproto3.FrontendMessage{
+		&pgproto3.Parse{Query: "SELECT 'after' || '-key-update'"}, &pgproto3.Bind{},
+		&pgproto3.Execute{}, &pgproto3.Sync{},
+	} {
+		var err error
+		if q, err = m.Encode(q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.stdin.Write(q); err != nil {
+		t.Fatal(err)
+	}
+	c.until(t, []byte("after-key-update"))
+	c.until(t, []byte{'Z', 0, 0, 0, 5, 'I'})
+	c.stdin.Close()
+	_, _ = io.ReadAll(c.out)
+	c.drainErr()
+	_ = c.cmd.Wait()
+	e.backendGone(t, c.pid)
 }
