@@ -63,3 +63,9 @@ clean:
 .PHONY: soak
 soak: ensure-postgres build
 	$(GO) run ./bench/cmd/soak -bin $(BIN)
+
+# The integration suite again with TLS on both legs (PostgreSQL ssl=on,
+# upstream.tls require, clients with sslmode=require), under the race detector.
+.PHONY: test-tls
+test-tls: ensure-postgres
+	PGOPTIMIST_TEST_TLS=1 $(GO) test -count=1 -race -timeout 20m ./integration/

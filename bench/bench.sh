@@ -9,12 +9,28 @@
 #   (c) pgbench -S -M simple   -c 1 -j 1   select-only, one client (latency)
 # and prints median TPS / latency per target relative to direct.
 #
+# TLS rows (same run, interleaved with the rows above): PostgreSQL runs with
+# ssl=on (plain targets connect with sslmode=disable), and workloads
+# $TLS_WORKLOADS run over
+#   direct-tls      pgbench -> PostgreSQL, sslmode=require
+#   pgbouncer-p2t   plain client -> PgBouncer -> TLS server (server_tls_sslmode=require)
+#   pgoptimist-p2t  plain client -> pgoptimist -> TLS server (upstream.tls: require)
+#   pgbouncer-t2t   TLS client -> PgBouncer (client_tls_sslmode=allow) -> TLS server
+#   pgoptimist-t2t  TLS client -> pgoptimist (tls.mode: allow) -> TLS server
+# reported relative to direct-tls. For every proxy target the CPU time the
+# proxy process used per transaction (utime+stime from /proc/PID/stat
+# around each run) is reported too: it is less sensitive to a busy machine
+# than throughput.
+#
 # Environment:
 #   ROUNDS=5         rounds per workload and target
 #   DURATION=10s     length of each pgbench run (seconds; a trailing "s" is fine)
 #   SCALE=10         pgbench scale factor
 #   TARGETS="direct pgbouncer pgoptimist"   which targets to run
 #   WORKLOADS="a b c"                        which workloads to run
+#   TLS_TARGETS="direct-tls pgbouncer-p2t pgoptimist-p2t pgbouncer-t2t pgoptimist-t2t"
+#                    TLS targets ("" skips the TLS rows)
+#   TLS_WORKLOADS="a c"                      workloads of the TLS rows
 #   SKIP_BUILD=1     do not run `make build` (use the existing bin/pgoptimist)
 #   PGOPTIMIST_ARGS  extra arguments for `pgoptimist serve` (e.g. --config file.yaml)
 #   KEEP_LOGS=1      keep the temporary directory with all logs
@@ -33,6 +49,11 @@ DURATION=${DURATION%s}
 SCALE=${SCALE:-10}
 TARGETS=${TARGETS:-"direct pgbouncer pgoptimist"}
 WORKLOADS=${WORKLOADS:-"a b c"}
+TLS_TARGETS=${TLS_TARGETS-"direct-tls pgbouncer-p2t pgoptimist-p2t pgbouncer-t2t pgoptimist-t2t"}
+TLS_WORKLOADS=${TLS_WORKLOADS:-"a c"}
+# Plain targets stay plain although the server offers TLS; run_one sets the
+# TLS targets' sslmode.
+export PGSSLMODE=disable
 PGOPTIMIST_ARGS=${PGOPTIMIST_ARGS:-}
 DB=bench
 PGUSER_BENCH=postgres
@@ -53,7 +74,7 @@ die() {
 # --- tools -------------------------------------------------------------------
 
 need_pgbouncer=0
-case " $TARGETS " in *" pgbouncer "*) need_pgbouncer=1 ;; esac
+case " $TARGETS $TLS_TARGETS " in *" pgbouncer "* | *" pgbouncer-"*) need_pgbouncer=1 ;; esac
 
 find_pg_bin() { # name
 	if command -v "$1" >/dev/null 2>&1; then
@@ -145,6 +166,7 @@ log "building helpers"
 go build -o "$TMP/benchenv" ./bench/cmd/benchenv
 
 have_target() { case " $TARGETS " in *" $1 "*) return 0 ;; esac; return 1; }
+have_tls_target() { case " $TLS_TARGETS " in *" $1"*) return 0 ;; esac; return 1; }
 drop_target() {
 	local t out=""
 	for t in $TARGETS; do [ "$t" = "$1" ] || out="$out $t"; done
@@ -152,21 +174,24 @@ drop_target() {
 }
 
 PGOPTIMIST=${PGOPTIMIST:-$ROOT/bin/pgoptimist}
-if have_target pgoptimist; then
+if have_target pgoptimist || have_tls_target pgoptimist; then
 	if [ "${SKIP_BUILD:-0}" != 1 ]; then
 		log "make build"
 		if ! make -s build >"$TMP/build.log" 2>&1; then
 			log "WARNING: make build failed; skipping the pgoptimist target:"
 			tail -n 20 "$TMP/build.log" >&2
 			drop_target pgoptimist
+			TLS_TARGETS=$(echo "$TLS_TARGETS" | tr ' ' '\n' | grep -v '^pgoptimist' | tr '\n' ' ')
 		fi
 	fi
-	if have_target pgoptimist && [ ! -x "$PGOPTIMIST" ]; then
-		log "WARNING: $PGOPTIMIST does not exist; skipping the pgoptimist target"
+	if [ ! -x "$PGOPTIMIST" ]; then
+		log "WARNING: $PGOPTIMIST does not exist; skipping the pgoptimist targets"
 		drop_target pgoptimist
+		TLS_TARGETS=$(echo "$TLS_TARGETS" | tr ' ' '\n' | grep -v '^pgoptimist' | tr '\n' ' ')
 	fi
 fi
-[ -n "$TARGETS" ] || die "no targets left to benchmark"
+TLS_TARGETS=$(echo $TLS_TARGETS)
+[ -n "$TARGETS$TLS_TARGETS" ] || die "no targets left to benchmark"
 
 freeport() { "$TMP/benchenv" -freeport; }
 
@@ -191,8 +216,19 @@ wait_port() {
 
 # --- PostgreSQL --------------------------------------------------------------
 
+ssl_args=()
+if [ -n "$TLS_TARGETS" ]; then
+	# One throwaway certificate for the server and both proxies (ECDSA
+	# P-256; the data path cipher is what the peers negotiate: AES-GCM).
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+		-subj /CN=localhost -keyout "$TMP/tls.key" -out "$TMP/tls.crt" >"$TMP/openssl.log" 2>&1 ||
+		die "openssl could not make a certificate: $(cat "$TMP/openssl.log")"
+	chmod 0644 "$TMP/tls.crt"
+	chmod 0600 "$TMP/tls.key"
+	ssl_args=(-sslcert "$TMP/tls.crt" -sslkey "$TMP/tls.key")
+fi
 log "starting PostgreSQL"
-"$TMP/benchenv" -db "$DB" -log "$TMP/postgres.log" >"$TMP/benchenv.out" 2>"$TMP/benchenv.err" &
+"$TMP/benchenv" -db "$DB" -log "$TMP/postgres.log" "${ssl_args[@]}" >"$TMP/benchenv.out" 2>"$TMP/benchenv.err" &
 PIDS+=($!)
 for _ in $(seq 1 1200); do
 	grep -q '^READY=1' "$TMP/benchenv.out" 2>/dev/null && break
@@ -206,24 +242,29 @@ grep -q '^READY=1' "$TMP/benchenv.out" || die "PostgreSQL did not start within 1
 PGPORT_DIRECT=$(sed -n 's/^PGPORT=//p' "$TMP/benchenv.out")
 log "PostgreSQL on 127.0.0.1:$PGPORT_DIRECT"
 
-declare -A PORT
+declare -A PORT SSLMODE PROC
 PORT[direct]=$PGPORT_DIRECT
+PORT[direct-tls]=$PGPORT_DIRECT
+SSLMODE[direct-tls]=require
 
 # --- PgBouncer ---------------------------------------------------------------
 
-if have_target pgbouncer; then
-	PORT[pgbouncer]=$(freeport)
+# start_pgbouncer NAME [extra ini lines]: a PgBouncer in session mode in
+# front of the server, listening on PORT[NAME].
+start_pgbouncer() {
+	local name=$1 extra=${2:-}
+	PORT[$name]=$(freeport)
 	cat >"$TMP/userlist.txt" <<-EOF
 		"$PGUSER_BENCH" ""
 	EOF
-	cat >"$TMP/pgbouncer.ini" <<-EOF
+	cat >"$TMP/$name.ini" <<-EOF
 		[databases]
 		$DB = host=127.0.0.1 port=$PGPORT_DIRECT dbname=$DB
 		postgres = host=127.0.0.1 port=$PGPORT_DIRECT dbname=postgres
 
 		[pgbouncer]
 		listen_addr = 127.0.0.1
-		listen_port = ${PORT[pgbouncer]}
+		listen_port = ${PORT[$name]}
 		unix_socket_dir =
 		auth_type = trust
 		auth_file = $TMP/userlist.txt
@@ -231,20 +272,38 @@ if have_target pgbouncer; then
 		max_client_conn = 200
 		default_pool_size = 50
 		ignore_startup_parameters = extra_float_digits
-		logfile = $TMP/pgbouncer.log
+		logfile = $TMP/$name.log
 		pidfile =
+		$extra
 	EOF
-	chmod 0644 "$TMP/userlist.txt" "$TMP/pgbouncer.ini"
-	touch "$TMP/pgbouncer.log"
+	chmod 0644 "$TMP/userlist.txt" "$TMP/$name.ini"
+	touch "$TMP/$name.log"
 	bouncer_args=()
 	if [ "$(id -u)" -eq 0 ]; then
-		chown postgres "$TMP/pgbouncer.log"
+		chown postgres "$TMP/$name.log"
 		bouncer_args=(-u postgres)
 	fi
-	log "starting PgBouncer on 127.0.0.1:${PORT[pgbouncer]}"
-	"$PGBOUNCER" -q "${bouncer_args[@]}" "$TMP/pgbouncer.ini" >>"$TMP/pgbouncer.out" 2>&1 &
+	log "starting $name on 127.0.0.1:${PORT[$name]}"
+	"$PGBOUNCER" -q "${bouncer_args[@]}" "$TMP/$name.ini" >>"$TMP/$name.out" 2>&1 &
 	PIDS+=($!)
-	wait_port pgbouncer "$!" "${PORT[pgbouncer]}" "$TMP/pgbouncer.log" || die "PgBouncer did not start"
+	PROC[$name]=$!
+	wait_port "$name" "$!" "${PORT[$name]}" "$TMP/$name.log" || die "$name did not start"
+}
+
+if have_target pgbouncer; then
+	start_pgbouncer pgbouncer
+fi
+if have_tls_target pgbouncer; then
+	# PgBouncer may run as postgres: its own copy of the key.
+	cp "$TMP/tls.key" "$TMP/bouncer.key"
+	[ "$(id -u)" -eq 0 ] && chown postgres "$TMP/bouncer.key"
+	start_pgbouncer pgbouncer-tls "server_tls_sslmode = require
+client_tls_sslmode = allow
+client_tls_cert_file = $TMP/tls.crt
+client_tls_key_file = $TMP/bouncer.key"
+	PORT[pgbouncer-p2t]=${PORT[pgbouncer-tls]} PORT[pgbouncer-t2t]=${PORT[pgbouncer-tls]}
+	PROC[pgbouncer-p2t]=${PROC[pgbouncer-tls]} PROC[pgbouncer-t2t]=${PROC[pgbouncer-tls]}
+	SSLMODE[pgbouncer-t2t]=require
 fi
 
 # --- pgoptimist --------------------------------------------------------------
@@ -256,7 +315,31 @@ if have_target pgoptimist; then
 	"$PGOPTIMIST" serve --listen "127.0.0.1:${PORT[pgoptimist]}" \
 		--upstream "127.0.0.1:$PGPORT_DIRECT" $PGOPTIMIST_ARGS >"$TMP/pgoptimist.log" 2>&1 &
 	PIDS+=($!)
+	PROC[pgoptimist]=$!
 	wait_port pgoptimist "$!" "${PORT[pgoptimist]}" "$TMP/pgoptimist.log" || die "pgoptimist did not start"
+fi
+if have_tls_target pgoptimist; then
+	PORT[pgoptimist-tls]=$(freeport)
+	cat >"$TMP/pgoptimist-tls.yaml" <<YAML
+listen: 127.0.0.1:${PORT[pgoptimist-tls]}
+upstream:
+  address: 127.0.0.1:$PGPORT_DIRECT
+  tls: require
+tls:
+  mode: allow
+  cert_file: $TMP/tls.crt
+  key_file: $TMP/tls.key
+log:
+  level: warn
+YAML
+	log "starting pgoptimist with TLS on 127.0.0.1:${PORT[pgoptimist-tls]}"
+	"$PGOPTIMIST" serve --config "$TMP/pgoptimist-tls.yaml" >"$TMP/pgoptimist-tls.log" 2>&1 &
+	PIDS+=($!)
+	PROC[pgoptimist-tls]=$!
+	wait_port pgoptimist-tls "$!" "${PORT[pgoptimist-tls]}" "$TMP/pgoptimist-tls.log" || die "pgoptimist with TLS did not start"
+	PORT[pgoptimist-p2t]=${PORT[pgoptimist-tls]} PORT[pgoptimist-t2t]=${PORT[pgoptimist-tls]}
+	PROC[pgoptimist-p2t]=${PROC[pgoptimist-tls]} PROC[pgoptimist-t2t]=${PROC[pgoptimist-tls]}
+	SSLMODE[pgoptimist-t2t]=require
 fi
 
 # --- load data and smoke-test every target ------------------------------------
@@ -268,8 +351,8 @@ run_fg "$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PGPORT_DIRECT" -U "$PGUSER
 	die "pgbench -i failed"
 }
 
-for t in $TARGETS; do
-	if ! run_fg "$PGBENCH" -n -S -t 10 -c 1 -h 127.0.0.1 -p "${PORT[$t]}" -U "$PGUSER_BENCH" "$DB" \
+for t in $TARGETS $TLS_TARGETS; do
+	if ! PGSSLMODE=${SSLMODE[$t]:-disable} run_fg "$PGBENCH" -n -S -t 10 -c 1 -h 127.0.0.1 -p "${PORT[$t]}" -U "$PGUSER_BENCH" "$DB" \
 		>"$TMP/smoke-$t.log" 2>&1; then
 		tail -n 20 "$TMP/smoke-$t.log" >&2
 		die "smoke test through $t failed"
@@ -296,13 +379,20 @@ workload_title() {
 
 RESULTS="$TMP/results.txt"
 : >"$RESULTS"
+CPU_RESULTS="$TMP/cpu.txt"
+: >"$CPU_RESULTS"
+
+# cpu_ticks PID: user+system CPU time of a process, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+CLK_TCK=$(getconf CLK_TCK)
 FAILURES=0
 
 # run_one WORKLOAD TARGET ROUND
 run_one() {
-	local w=$1 t=$2 r=$3 out="$TMP/run-$1-$2-$3.log" tps lat
+	local w=$1 t=$2 r=$3 out="$TMP/run-$1-$2-$3.log" tps lat pid=${PROC[$t]:-} c0=0 c1 ntx
+	[ -n "$pid" ] && c0=$(cpu_ticks "$pid")
 	# shellcheck disable=SC2046 # word splitting of the workload flags is intended
-	if run_fg "$PGBENCH" -n $(workload_args "$w") -T "$DURATION" -h 127.0.0.1 -p "${PORT[$t]}" \
+	if PGSSLMODE=${SSLMODE[$t]:-disable} run_fg "$PGBENCH" -n $(workload_args "$w") -T "$DURATION" -h 127.0.0.1 -p "${PORT[$t]}" \
 		-U "$PGUSER_BENCH" "$DB" >"$out" 2>&1; then
 		# pgbench >= 14: "tps = N (without initial connection time)";
 		# older: "tps = N (excluding connections establishing)".
@@ -317,18 +407,36 @@ run_one() {
 		return 0
 	fi
 	echo "$w $t $tps $lat" >>"$RESULTS"
-	printf '[bench %s]   %-2s %-11s round %d: tps %10.1f  latency %.3f ms\n' \
+	if [ -n "$pid" ]; then
+		c1=$(cpu_ticks "$pid")
+		ntx=$(awk '/^number of transactions actually processed: / { print $6; exit }' "$out")
+		[ -n "$ntx" ] && [ "$ntx" -gt 0 ] &&
+			awk -v w="$w" -v t="$t" -v d=$((c1 - c0)) -v n="$ntx" -v hz="$CLK_TCK" \
+				'BEGIN { printf "%s %s %.2f\n", w, t, d * 1e6 / hz / n }' >>"$CPU_RESULTS"
+	fi
+	printf '[bench %s]   %-2s %-14s round %d: tps %10.1f  latency %.3f ms\n' \
 		"$(date +%H:%M:%S)" "$w" "$t" "$r" "$tps" "$lat" >&2
 }
 
 read -r -a TARGET_LIST <<<"$TARGETS"
 ntargets=${#TARGET_LIST[@]}
-log "running: rounds=$ROUNDS duration=${DURATION}s workloads=[$WORKLOADS] targets=[$TARGETS]"
+read -r -a TLS_TARGET_LIST <<<"$TLS_TARGETS"
+ntls=${#TLS_TARGET_LIST[@]}
+[ "$ntargets" -gt 0 ] || WORKLOADS=""
+[ "$ntls" -gt 0 ] || TLS_WORKLOADS=""
+log "running: rounds=$ROUNDS duration=${DURATION}s workloads=[$WORKLOADS] targets=[$TARGETS]" \
+	"tls workloads=[$TLS_WORKLOADS] tls targets=[$TLS_TARGETS]"
 for ((r = 1; r <= ROUNDS; r++)); do
 	for w in $WORKLOADS; do
 		# Rotate the target order every round so no target always runs first.
 		for ((i = 0; i < ntargets; i++)); do
 			t=${TARGET_LIST[$(((i + r - 1) % ntargets))]}
+			run_one "$w" "$t" "$r"
+		done
+	done
+	for w in $TLS_WORKLOADS; do
+		for ((i = 0; i < ntls; i++)); do
+			t=${TLS_TARGET_LIST[$(((i + r - 1) % ntls))]}
 			run_one "$w" "$t" "$r"
 		done
 	done
@@ -453,6 +561,45 @@ for w in $WORKLOADS; do
 		fi
 	done
 done
+
+# TLS rows, relative to direct TLS connections.
+if [ -n "$TLS_WORKLOADS" ]; then
+	echo
+	echo "TLS rows: PostgreSQL ssl=on; p2t = plain client -> proxy -> TLS server, t2t = TLS client -> proxy -> TLS server"
+	for w in $TLS_WORKLOADS; do
+		echo
+		workload_title "$w"
+		printf '  %-15s %6s %12s %14s %12s %14s\n' target runs "median TPS" "vs direct-tls" "latency ms" "added vs tls"
+		dtps=$(values "$w" direct-tls 3 | median)
+		dlat=$(values "$w" direct-tls 4 | median)
+		for t in $TLS_TARGETS; do
+			n=$(values "$w" "$t" 3 | wc -l)
+			if [ "$n" -eq 0 ]; then
+				printf '  %-15s %6d %12s\n' "$t" 0 "(no successful runs)"
+				continue
+			fi
+			tps=$(values "$w" "$t" 3 | median)
+			lat=$(values "$w" "$t" 4 | median)
+			ratio=n/a added=n/a
+			[ -n "$dtps" ] && ratio=$(awk -v a="$tps" -v b="$dtps" 'BEGIN { printf "%.3f", a / b }')
+			[ -n "$dlat" ] && added=$(awk -v a="$lat" -v b="$dlat" 'BEGIN { printf "%+.1f us", (a - b) * 1000 }')
+			printf '  %-15s %6d %12.1f %14s %12.3f %14s\n' "$t" "$n" "$tps" "$ratio" "$lat" "$added"
+		done
+	done
+fi
+
+# CPU time of the proxy process per transaction.
+if [ -s "$CPU_RESULTS" ]; then
+	echo
+	echo "Proxy CPU per transaction (utime+stime of the proxy process / transactions; median over rounds, microseconds)"
+	printf '  %-8s %-15s %10s\n' workload target "us/tx"
+	for w in $WORKLOADS $TLS_WORKLOADS; do
+		for t in $TARGETS $TLS_TARGETS; do
+			v=$(awk -v w="$w" -v t="$t" '$1 == w && $2 == t { print $3 }' "$CPU_RESULTS" | median)
+			[ -n "$v" ] && printf '  %-8s %-15s %10.1f\n' "$w" "$t" "$v"
+		done
+	done | awk '!seen[$0]++'
+fi
 
 echo
 guarded_bench

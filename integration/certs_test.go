@@ -38,12 +38,20 @@ type authCerts struct {
 // right mode and owner).
 func authMakeCerts(t testing.TB) authCerts {
 	t.Helper()
-	dir := t.TempDir()
+	c, err := makeCerts(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// makeCerts is authMakeCerts into dir.
+func makeCerts(dir string) (authCerts, error) {
 	now := time.Now()
 
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		t.Fatal(err)
+		return authCerts{}, err
 	}
 	caTmpl := &x509.Certificate{
 		SerialNumber:          big.NewInt(1),
@@ -56,16 +64,16 @@ func authMakeCerts(t testing.TB) authCerts {
 	}
 	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
 	if err != nil {
-		t.Fatal(err)
+		return authCerts{}, err
 	}
 	caCert, err := x509.ParseCertificate(caDER)
 	if err != nil {
-		t.Fatal(err)
+		return authCerts{}, err
 	}
 
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		t.Fatal(err)
+		return authCerts{}, err
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(2),
@@ -79,26 +87,24 @@ func authMakeCerts(t testing.TB) authCerts {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
 	if err != nil {
-		t.Fatal(err)
+		return authCerts{}, err
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		t.Fatal(err)
+		return authCerts{}, err
 	}
 	c := authCerts{
 		CAFile:   filepath.Join(dir, "ca.crt"),
 		CertFile: filepath.Join(dir, "server.crt"),
 		KeyFile:  filepath.Join(dir, "server.key"),
 	}
-	write := func(path, typ string, b []byte, mode os.FileMode) {
-		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), mode); err != nil {
-			t.Fatal(err)
-		}
+	write := func(path, typ string, b []byte, mode os.FileMode) error {
+		return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), mode)
 	}
-	write(c.CAFile, "CERTIFICATE", caDER, 0o644)
-	write(c.CertFile, "CERTIFICATE", der, 0o644)
-	write(c.KeyFile, "PRIVATE KEY", keyDER, 0o600)
-	return c
+	return c, errors.Join(
+		write(c.CAFile, "CERTIFICATE", caDER, 0o644),
+		write(c.CertFile, "CERTIFICATE", der, 0o644),
+		write(c.KeyFile, "PRIVATE KEY", keyDER, 0o600))
 }
 
 // authStartServer starts a throwaway PostgreSQL server for one test, stopped

@@ -5,11 +5,13 @@ package integration
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,10 +27,42 @@ import (
 // pg is the server shared by the tests of this package (trust auth).
 var pg *pgtemp.Server
 
+// tlsMatrix (PGOPTIMIST_TEST_TLS=1, make test-tls) runs the suite with TLS
+// on both legs: the shared server has ssl=on, proxies in front of it use
+// upstream.tls require and accept TLS clients (tls.mode allow), and pgx,
+// psql and pgbench connect with sslmode=require. Raw protocol tests stay
+// plain towards the proxy, so they cover a plain client with a TLS server.
+var (
+	tlsMatrix   = os.Getenv("PGOPTIMIST_TEST_TLS") != ""
+	matrixCerts authCerts
+)
+
+// clientSSLMode is the sslmode the suite's clients use.
+func clientSSLMode() string {
+	if tlsMatrix {
+		return "require"
+	}
+	return "disable"
+}
+
 func TestMain(m *testing.M) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	var err error
-	pg, err = pgtemp.Start(ctx, pgtemp.Options{})
+	var opts pgtemp.Options
+	if tlsMatrix {
+		dir, derr := os.MkdirTemp("", "pgoptimist-certs")
+		if derr != nil {
+			fmt.Fprintln(os.Stderr, "integration:", derr)
+			os.Exit(1)
+		}
+		defer os.RemoveAll(dir)
+		if matrixCerts, err = makeCerts(dir); err != nil {
+			fmt.Fprintln(os.Stderr, "integration: certificates:", err)
+			os.Exit(1)
+		}
+		opts.SSLCertFile, opts.SSLKeyFile = matrixCerts.CertFile, matrixCerts.KeyFile
+	}
+	pg, err = pgtemp.Start(ctx, opts)
 	cancel()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "integration: cannot start PostgreSQL:", err)
@@ -37,6 +71,9 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	if err := pg.Stop(); err != nil {
 		fmt.Fprintln(os.Stderr, err)
+	}
+	if matrixCerts.CAFile != "" {
+		os.RemoveAll(filepath.Dir(matrixCerts.CAFile))
 	}
 	os.Exit(code)
 }
@@ -57,6 +94,12 @@ func newConfig(t testing.TB, upstream string, tables ...config.Table) *config.Co
 	cfg.Upstream.Address = upstream
 	cfg.Upstream.TLS = "disable"
 	cfg.Tables = tables
+	if tlsMatrix {
+		cfg.TLS = config.ClientTLS{Mode: "allow", CertFile: matrixCerts.CertFile, KeyFile: matrixCerts.KeyFile}
+		if upstream == pg.Addr() {
+			cfg.Upstream.TLS = "require"
+		}
+	}
 	cfg.ShutdownTimeout = 5 * time.Second
 	cfg.Normalize()
 	if err := cfg.Validate(); err != nil {
@@ -146,8 +189,13 @@ func guardedProxy(t testing.TB, tables ...config.Table) *proxyInstance {
 	return startProxy(t, newConfig(t, pg.Addr(), tables...))
 }
 
-// dsn is a pgx/libpq URL for addr.
+// dsn is a pgx/libpq URL for addr, with the suite's sslmode.
 func dsn(addr, user, password, db string) string {
+	return dsnMode(addr, user, password, db, clientSSLMode())
+}
+
+// dsnMode is dsn with an explicit sslmode.
+func dsnMode(addr, user, password, db, sslmode string) string {
 	if db == "" {
 		db = "postgres"
 	}
@@ -158,7 +206,7 @@ func dsn(addr, user, password, db string) string {
 	if password != "" {
 		cred += ":" + password
 	}
-	return fmt.Sprintf("postgres://%s@%s/%s?sslmode=disable", cred, addr, db)
+	return fmt.Sprintf("postgres://%s@%s/%s?sslmode=%s", cred, addr, db, sslmode)
 }
 
 // connect opens a pgx connection through addr, closed when the test ends.
@@ -191,6 +239,9 @@ func connectWith(t testing.TB, addr, db string, adjust func(*pgx.ConnConfig)) *p
 		t.Fatalf("connect through %s: %v", addr, err)
 	}
 	t.Cleanup(func() { conn.Close(context.Background()) })
+	if _, isTLS := conn.PgConn().Conn().(*tls.Conn); isTLS != tlsMatrix {
+		t.Fatalf("connection through %s: TLS %v, want %v", addr, isTLS, tlsMatrix)
+	}
 	return conn
 }
 
@@ -228,7 +279,7 @@ func psql(t testing.TB, addr, db string, args ...string) (string, error) {
 	host, port, _ := net.SplitHostPort(addr)
 	full := append([]string{"-X", "-v", "ON_ERROR_STOP=1", "-h", host, "-p", port, "-U", "postgres", "-d", db}, args...)
 	cmd := exec.Command(findTool(t, "psql"), full...)
-	cmd.Env = append(os.Environ(), "PGSSLMODE=disable", "PGCONNECT_TIMEOUT=10")
+	cmd.Env = append(os.Environ(), "PGSSLMODE="+clientSSLMode(), "PGCONNECT_TIMEOUT=10")
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }

@@ -20,7 +20,7 @@ func pgbenchRun(t *testing.T, addr, db string, args ...string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, findTool(t, "pgbench"), full...)
-	cmd.Env = append(os.Environ(), "PGSSLMODE=disable", "PGCONNECT_TIMEOUT=10")
+	cmd.Env = append(os.Environ(), "PGSSLMODE="+clientSSLMode(), "PGCONNECT_TIMEOUT=10")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("pgbench %v: %v\n%s", args, err, out)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"runtime"
 	"runtime/debug"
 	"sync"
@@ -82,6 +81,7 @@ type loop struct {
 type fdRef struct {
 	s      *session
 	client bool
+	tls    *tlsSide // nil on a plain connection
 }
 
 func newLoop() (*loop, error) {
@@ -172,20 +172,20 @@ func (l *loop) runPosts() {
 }
 
 // adopt takes a session whose startup is done: its connections become
-// non-blocking descriptors owned by the loop (TLS connections through a
-// socket pair and two copying goroutines, since TLS needs Go's net.Conn),
-// with whatever the startup phase had already buffered.
+// non-blocking descriptors owned by the loop (TLS ones with their
+// crypto/tls state, see tlsloop.go), with whatever the startup phase had
+// already buffered.
 func (l *loop) adopt(s *session) error {
 	s.lifeMu.Lock()
 	defer s.lifeMu.Unlock()
 	if s.closed {
 		return errShutdown
 	}
-	cfd, err := s.detach(s.client)
+	cfd, ctls, err := detach(s.client)
 	if err != nil {
 		return fmt.Errorf("client connection: %w", err)
 	}
-	sfd, err := s.detach(s.server)
+	sfd, stls, err := detach(s.server)
 	if err != nil {
 		unix.Close(cfd)
 		return fmt.Errorf("server connection: %w", err)
@@ -202,8 +202,8 @@ func (l *loop) adopt(s *session) error {
 	s.lp = l
 	l.post(func() {
 		s.cfd, s.sfd = cfd, sfd
-		l.setRef(cfd, fdRef{s: s, client: true})
-		l.setRef(sfd, fdRef{s: s})
+		l.setRef(cfd, fdRef{s: s, client: true, tls: ctls})
+		l.setRef(sfd, fdRef{s: s, tls: stls})
 		s.cEvents, s.sEvents = unix.EPOLLIN|unix.EPOLLRDHUP, unix.EPOLLIN|unix.EPOLLRDHUP
 		err1 := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, cfd, &unix.EpollEvent{Events: s.cEvents, Fd: int32(cfd)})
 		err2 := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, sfd, &unix.EpollEvent{Events: s.sEvents, Fd: int32(sfd)})
@@ -211,67 +211,64 @@ func (l *loop) adopt(s *session) error {
 			l.closeSession(s, fmt.Errorf("epoll_ctl: %w", err))
 			return
 		}
-		// Bytes buffered during startup are handled as if just read.
+		// Bytes buffered during startup (plaintext, or records crypto/tls
+		// has not decrypted yet) are handled as if just read.
+		if ctls != nil {
+			if err := ctls.decrypt(&s.cin); err != nil {
+				l.closeSession(s, err)
+				return
+			}
+		}
+		if stls != nil {
+			if err := stls.decrypt(&s.sin); err != nil {
+				l.closeSession(s, err)
+				return
+			}
+		}
 		l.handle(fdRef{s: s}, 0)
 	})
 	return nil
 }
 
-// detach turns a connection into a non-blocking descriptor for the loop.
-// A plain socket's descriptor is duplicated and the net.Conn closed (which
-// also takes it out of Go's netpoller); anything else (TLS) is bridged
-// through a socket pair.
-func (s *session) detach(c net.Conn) (int, error) {
-	if sc, ok := c.(syscall.Conn); ok {
-		if _, isTLS := c.(*tls.Conn); !isTLS {
-			raw, err := sc.SyscallConn()
-			if err != nil {
-				return -1, err
-			}
-			fd := -1
-			var derr error
-			if err := raw.Control(func(f uintptr) { fd, derr = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
-				return -1, err
-			}
-			if derr != nil {
-				return -1, derr
-			}
-			if err := unix.SetNonblock(fd, true); err != nil {
-				unix.Close(fd)
-				return -1, err
-			}
-			c.Close()
-			return fd, nil
+// detach turns a connection into a non-blocking descriptor for the loop:
+// the socket's descriptor is duplicated and the net.Conn closed (which also
+// takes it out of Go's netpoller). A TLS connection keeps its crypto/tls
+// state, whose transport switches to the loop's buffers.
+func detach(c net.Conn) (int, *tlsSide, error) {
+	var ts *tlsSide
+	if tc, ok := c.(*tls.Conn); ok {
+		t, ok := tc.NetConn().(*tlsTransport)
+		if !ok {
+			return -1, nil, fmt.Errorf("TLS connection over %T, not a loop transport", tc.NetConn())
 		}
+		ts = &tlsSide{conn: tc, t: t}
+		c = t.Conn
 	}
-	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return -1, nil, fmt.Errorf("%T has no descriptor", c)
+	}
+	raw, err := sc.SyscallConn()
 	if err != nil {
-		return -1, fmt.Errorf("socketpair: %w", err)
+		return -1, nil, err
 	}
-	f := os.NewFile(uintptr(pair[1]), "pgoptimist-tls-bridge")
-	bridge, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		unix.Close(pair[0])
-		return -1, err
+	fd := -1
+	var derr error
+	if err := raw.Control(func(f uintptr) { fd, derr = unix.FcntlInt(f, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return -1, nil, err
 	}
-	if err := unix.SetNonblock(pair[0], true); err != nil {
-		unix.Close(pair[0])
-		bridge.Close()
-		return -1, err
+	if derr != nil {
+		return -1, nil, derr
 	}
-	// Two copying goroutines, owned by the session: each ends when its
-	// source does, and closes both ends so the other ends too.
-	s.pumps.Add(2)
-	pump := func(dst, src net.Conn) {
-		defer s.pumps.Done()
-		_, _ = io.Copy(dst, src)
-		dst.Close()
-		src.Close()
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return -1, nil, err
 	}
-	go pump(c, bridge)
-	go pump(bridge, c)
-	return pair[0], nil
+	c.Close()
+	if ts != nil {
+		ts.t.loop = true
+	}
+	return fd, ts, nil
 }
 
 // handle runs one readiness event of one session. A panic ends that
@@ -287,14 +284,14 @@ func (l *loop) handle(ref fdRef, ev uint32) {
 	}()
 	if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
 		if ref.client {
-			if err := readInto(s.cfd, &s.cin); err != nil {
+			if err := readSide(s.cfd, ref.tls, &s.cin); err != nil {
 				l.closeSession(s, err)
 				return
 			}
-		} else if err := readInto(s.sfd, &s.sin); err != nil {
+		} else if err := readSide(s.sfd, ref.tls, &s.sin); err != nil {
 			// The server closed: deliver what it said (a FATAL, usually).
 			s.processServer()
-			_ = writeOut(s.cfd, &s.cout)
+			_ = writeSide(s.cfd, l.ref(s.cfd).tls, &s.cout)
 			l.closeSession(s, err)
 			return
 		}
@@ -358,6 +355,43 @@ func readInto(fd int, q *buffer) error {
 	return err
 }
 
+// readSide reads what is available from a connection into q: bytes as
+// they come on a plain one, the plaintext of the whole records read so far
+// on a TLS one.
+func readSide(fd int, ts *tlsSide, q *buffer) error {
+	if ts == nil {
+		return readInto(fd, q)
+	}
+	err := readInto(fd, &ts.t.rin)
+	if errors.Is(err, io.EOF) {
+		ts.t.eof = true // crypto/tls tells a clean end from a truncation
+	} else if err != nil {
+		return err
+	}
+	return ts.decrypt(q)
+}
+
+// writeSide writes as much of q to a connection as it takes now; on a TLS
+// connection q is encrypted first, and what is not written yet waits as
+// ciphertext in the transport.
+func writeSide(fd int, ts *tlsSide, q *buffer) error {
+	if ts == nil {
+		return writeOut(fd, q)
+	}
+	if err := ts.encrypt(q); err != nil {
+		return err
+	}
+	return writeOut(fd, &ts.t.out)
+}
+
+// unwritten is what is queued for a connection and not written yet.
+func unwritten(ts *tlsSide, q *buffer) int {
+	if ts == nil {
+		return q.len()
+	}
+	return q.len() + ts.t.out.len()
+}
+
 // writeOut writes as much of q as fd takes now.
 func writeOut(fd int, q *buffer) error {
 	for q.len() > 0 {
@@ -385,30 +419,32 @@ func writeOut(fd int, q *buffer) error {
 // statement holds it and its input is already large), writing is awaited
 // only while output is pending.
 func (l *loop) flush(s *session) {
-	if err := writeOut(s.sfd, &s.sout); err != nil {
+	ctls, stls := l.ref(s.cfd).tls, l.ref(s.sfd).tls
+	if err := writeSide(s.sfd, stls, &s.sout); err != nil {
 		l.closeSession(s, fmt.Errorf("writing to server: %w", err))
 		return
 	}
-	if err := writeOut(s.cfd, &s.cout); err != nil {
+	if err := writeSide(s.cfd, ctls, &s.cout); err != nil {
 		l.closeSession(s, fmt.Errorf("writing to client: %w", err))
 		return
 	}
-	if s.ending && s.cout.len() == 0 && s.sout.len() == 0 {
+	cPending, sPending := unwritten(ctls, &s.cout), unwritten(stls, &s.sout)
+	if s.ending && cPending == 0 && sPending == 0 {
 		l.closeSession(s, s.endErr)
 		return
 	}
 	cev := uint32(unix.EPOLLRDHUP)
-	if s.sout.len() < highWater && s.queue.len() < maxInFlight && (s.cin.len() < highWater || s.cPass > 0 || !s.checks.holding() && s.cin.len() < s.cfg.Limits.MaxMessageBytes+5) && !s.ending {
+	if sPending < highWater && s.queue.len() < maxInFlight && (s.cin.len() < highWater || s.cPass > 0 || !s.checks.holding() && s.cin.len() < s.cfg.Limits.MaxMessageBytes+5) && !s.ending {
 		cev |= unix.EPOLLIN
 	}
-	if s.cout.len() > 0 {
+	if cPending > 0 {
 		cev |= unix.EPOLLOUT
 	}
 	sev := uint32(unix.EPOLLRDHUP)
-	if s.cout.len() < highWater && !s.ending {
+	if cPending < highWater && !s.ending {
 		sev |= unix.EPOLLIN
 	}
-	if s.sout.len() > 0 {
+	if sPending > 0 {
 		sev |= unix.EPOLLOUT
 	}
 	if cev != s.cEvents {
@@ -421,18 +457,34 @@ func (l *loop) flush(s *session) {
 	}
 }
 
+func closeNotify(fd int, ts *tlsSide) {
+	if ts == nil {
+		return
+	}
+	_ = ts.conn.CloseWrite()
+	_ = writeOut(fd, &ts.t.out)
+}
+
 // closeSession ends a session: its descriptors leave the loop and are
 // closed, and the session's goroutine is released.
 func (l *loop) closeSession(s *session, err error) {
 	if l.ref(s.cfd).s != s {
 		return // never adopted, or already closed
 	}
+	ctls, stls := l.ref(s.cfd).tls, l.ref(s.sfd).tls
 	if errors.Is(err, io.EOF) && !s.ending {
 		// The client went away without Terminate: end the server's
 		// session politely.
 		if l.ref(s.sfd).s == s {
-			_, _ = unix.Write(s.sfd, terminateFrame)
+			x := buffer{b: append([]byte(nil), terminateFrame...)}
+			_ = writeSide(s.sfd, stls, &x)
 		}
+	}
+	// A TLS connection ends with close_notify, as PostgreSQL's do (sent
+	// if the socket takes it now: the loop does not wait for a peer).
+	closeNotify(s.cfd, ctls)
+	if l.ref(s.sfd).s == s {
+		closeNotify(s.sfd, stls)
 	}
 	for _, fd := range []int{s.cfd, s.sfd} {
 		l.setRef(fd, fdRef{})

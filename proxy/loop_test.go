@@ -5,20 +5,40 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"os"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgoptimist/pgoptimist/config"
+	"golang.org/x/sys/unix"
 )
 
-// loopSession runs a session on ls over in-memory connections (bridged to
-// the loop like TLS ones) and returns the test's ends of them and the
-// relay's result.
-func loopSession(t *testing.T, srv *Server, guard *sessionGuard) (client, server net.Conn, done <-chan error) {
+// socketPair returns two connected Unix stream sockets.
+func socketPair(t testing.TB) (net.Conn, net.Conn) {
 	t.Helper()
-	c1, c2 := net.Pipe()
-	s1, s2 := net.Pipe()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "socketpair")
+		conns[i], err = net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return conns[0], conns[1]
+}
+
+// loopSession runs a session on ls over socket pairs and returns the test's
+// ends of them and the relay's result.
+func loopSession(t testing.TB, srv *Server, guard *sessionGuard) (client, server net.Conn, done <-chan error) {
+	t.Helper()
+	c1, c2 := socketPair(t)
+	s1, s2 := socketPair(t)
 	cfg := config.Defaults()
 	s := &session{srv: srv, cfg: &cfg, client: c1, server: s1, guard: guard, txStatus: txIdle, guardGen: srv.guards.generation()}
 	s.cr = &frameReader{r: bufio.NewReader(c1)}

@@ -67,7 +67,6 @@ type session struct {
 	cfd, sfd    int           // the connections' descriptors as the loop owns them
 	cEvents     uint32        // epoll events awaited on cfd
 	sEvents     uint32        // epoll events awaited on sfd
-	pumps       sync.WaitGroup
 }
 
 // run drives a session from accept to close. Panics end this session only.
@@ -307,15 +306,6 @@ func (s *session) relay() error {
 		s.own = nil
 		q.done(errSessionEnded)
 	}
-	// TLS bridges end when their peers close; one that stays silent is
-	// closed after a moment, so its pumping goroutines cannot outlive the
-	// session.
-	stuck := time.AfterFunc(time.Second, func() {
-		s.client.Close()
-		s.server.Close()
-	})
-	s.pumps.Wait()
-	stuck.Stop()
 	if errors.Is(s.endErr, errClientTerminated) || errors.Is(s.endErr, io.EOF) || errors.Is(s.endErr, errShutdown) {
 		return nil
 	}
@@ -350,12 +340,13 @@ func (l *loop) terminate(s *session) {
 	if l.ref(s.cfd).s != s {
 		return
 	}
+	ctls, stls := l.ref(s.cfd).tls, l.ref(s.sfd).tls
 	if s.sPass == 0 {
 		s.fatal(sqlstateAdminShutdown, "terminating connection due to administrator command", errShutdown)
-		_ = writeOut(s.cfd, &s.cout)
+		_ = writeSide(s.cfd, ctls, &s.cout)
 	}
 	if s.cPass == 0 && s.sout.len() == 0 {
-		_ = writeOut(s.sfd, &buffer{b: append([]byte(nil), terminateFrame...)})
+		_ = writeSide(s.sfd, stls, &buffer{b: append([]byte(nil), terminateFrame...)})
 	}
 	l.closeSession(s, errShutdown)
 }

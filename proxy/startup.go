@@ -100,7 +100,7 @@ func (s *session) negotiateClient() (startup []byte, cancel bool, err error) {
 			if tc == nil {
 				continue
 			}
-			tconn := tls.Server(s.client, tc)
+			tconn := tls.Server(newTLSTransport(s.client), tc) // the loop drives it later (tlsloop.go)
 			if err := tconn.Handshake(); err != nil {
 				return nil, false, silent(fmt.Errorf("client TLS handshake: %w", err))
 			}
@@ -258,7 +258,7 @@ func (srv *Server) dialUpstream(set *settings, timeout time.Duration) (net.Conn,
 	}
 	switch answer[0] {
 	case 'S':
-		t := tls.Client(conn, tc)
+		t := tls.Client(newTLSTransport(conn), tc) // the loop drives it later (tlsloop.go)
 		if err := t.Handshake(); err != nil {
 			conn.Close()
 			return nil, fmt.Errorf("TLS handshake: %w", err)

@@ -41,6 +41,8 @@ func main() {
 	db := flag.String("db", "", "create this database")
 	logPath := flag.String("log", "", "append the server log to this file")
 	flag.Var(&conf, "conf", "extra postgresql.conf line (repeatable)")
+	sslCert := flag.String("sslcert", "", "with -sslkey: start the server with ssl=on and this certificate")
+	sslKey := flag.String("sslkey", "", "the certificate's private key")
 	flag.Parse()
 
 	if *freePort {
@@ -57,7 +59,7 @@ func main() {
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 
-	opts := pgtemp.Options{Port: *port, Conf: conf}
+	opts := pgtemp.Options{Port: *port, Conf: conf, SSLCertFile: *sslCert, SSLKeyFile: *sslKey}
 	if *logPath != "" {
 		f, err := os.OpenFile(*logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 		if err != nil {
