@@ -117,7 +117,5 @@ func TestServeOutOfDescriptors(t *testing.T) {
 	if len(got) < 5 || got[0] != 'E' || e.Decode(got[5:]) != nil || e.Code != "53300" {
 		t.Fatalf("a client over the descriptor limit got %q, want FATAL 53300\n%s", got, logs.String())
 	}
-	if !strings.Contains(logs.String(), "out of file descriptors") {
-		t.Errorf("not logged:\n%s", logs.String())
-	}
+	waitLog(t, logs, "out of file descriptors")
 }
