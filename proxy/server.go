@@ -190,6 +190,12 @@ func (s *Server) refuseWithSpare(ln net.Listener) bool {
 		s.metrics.refusedTooMany.Add(1)
 		_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 		_ = writeFatal(c, sqlstateTooManyConnections, "sorry, too many clients already")
+		// Not lingerClose: the accept loop must not wait. What the
+		// client sent before the refusal is read if it is there already,
+		// so the close does not reset the FATAL away.
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+		var sink [1024]byte
+		_, _ = c.Read(sink[:])
 		c.Close()
 		if ok, suppressed := s.acceptLog.allow(time.Now()); ok {
 			s.log.Warn("out of file descriptors: a connection was refused with 53300", "similar_lines_suppressed", suppressed)

@@ -147,7 +147,26 @@ func (s *session) tellClient(err error) {
 		}
 	case errors.As(err, &pe):
 		_ = writeFatal(s.client, sqlstateProtocolViolation, pe.Error())
+	default:
+		return
 	}
+	lingerClose(s.client)
+}
+
+// lingerClose closes a connection the proxy has just written a FATAL to so
+// that the client can read it: closing a socket whose peer's bytes are
+// still unread (a startup packet the proxy refused without reading) sends
+// a reset, and a reset makes the peer's kernel throw away what it had
+// received but not yet handed over, the FATAL included. So the proxy says
+// it is done writing, reads what is there for a moment, then closes.
+func lingerClose(c net.Conn) {
+	type closeWriter interface{ CloseWrite() error }
+	if cw, ok := c.(closeWriter); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = c.SetReadDeadline(time.Now().Add(250 * time.Millisecond))
+	_, _ = io.Copy(io.Discard, io.LimitReader(c, 64<<10))
+	c.Close()
 }
 
 func (s *session) logEnd(what string, err error) {
