@@ -17,6 +17,7 @@ build:
 test: ensure-postgres
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 15m ./...
+	$(MAKE) --no-print-directory test-tls
 
 bench: ensure-bench-deps build
 	bench/bench.sh
