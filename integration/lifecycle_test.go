@@ -212,3 +212,21 @@ func TestHostileConnectionsLoggedAsSummary(t *testing.T) {
 		t.Errorf("50 hostile connections gave %d log lines:\n%s", n, logs.String())
 	}
 }
+
+// TestClientBytesCounted: the relay counts the protocol bytes it reads from
+// and writes to clients.
+func TestClientBytesCounted(t *testing.T) {
+	t.Parallel()
+	p := guardedProxy(t)
+	c := connect(t, p.Addr, "")
+	var s string
+	if err := c.QueryRow(context.Background(), "SELECT repeat('x', 100000)").Scan(&s); err != nil {
+		t.Fatal(err)
+	}
+	if in := relayMetric(t, p, "pgoptimist_client_bytes_received_total"); in < int64(len("SELECT repeat('x', 100000)")) {
+		t.Errorf("bytes received from clients: %d", in)
+	}
+	if out := relayMetric(t, p, "pgoptimist_client_bytes_sent_total"); out < 100000 {
+		t.Errorf("bytes sent to clients: %d, after a 100 kB result", out)
+	}
+}

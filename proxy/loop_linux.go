@@ -284,7 +284,10 @@ func (l *loop) handle(ref fdRef, ev uint32) {
 	}()
 	if ev&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
 		if ref.client {
-			if err := readSide(s.cfd, ref.tls, &s.cin); err != nil {
+			before := s.cin.len()
+			err := readSide(s.cfd, ref.tls, &s.cin)
+			s.srv.metrics.BytesIn(s.cin.len() - before)
+			if err != nil {
 				l.closeSession(s, err)
 				return
 			}
@@ -424,7 +427,10 @@ func (l *loop) flush(s *session) {
 		l.closeSession(s, fmt.Errorf("writing to server: %w", err))
 		return
 	}
-	if err := writeSide(s.cfd, ctls, &s.cout); err != nil {
+	before := s.cout.len()
+	err := writeSide(s.cfd, ctls, &s.cout)
+	s.srv.metrics.BytesOut(before - s.cout.len())
+	if err != nil {
 		l.closeSession(s, fmt.Errorf("writing to client: %w", err))
 		return
 	}

@@ -46,8 +46,8 @@ type Metrics struct {
 	rewritten       atomic.Int64
 	parseErrors     atomic.Int64
 	discoveryErrors atomic.Int64
-	bytesIn         atomic.Int64 // from clients (wired later: see BytesIn)
-	bytesOut        atomic.Int64 // to clients (wired later: see BytesOut)
+	bytesIn         atomic.Int64 // protocol bytes from clients
+	bytesOut        atomic.Int64 // protocol bytes to clients
 	trackedRows     atomic.Int64 // versions remembered by tracked/observe sessions now
 
 	// planCache reports the plan caches' hits and misses (set by the
@@ -159,8 +159,8 @@ func newMetrics() *Metrics {
 		counter("pgoptimist_discovery_errors_total", "Failed catalog discoveries.", m.discoveryErrors.Load),
 		counter("pgoptimist_plan_cache_hits_total", "Plans found in the cache by exact statement text.", cacheStat(true)),
 		counter("pgoptimist_plan_cache_misses_total", "Plans not found by exact text (made from a template or planned anew).", cacheStat(false)),
-		counter("pgoptimist_client_bytes_received_total", "Bytes read from clients.", m.bytesIn.Load),
-		counter("pgoptimist_client_bytes_sent_total", "Bytes written to clients.", m.bytesOut.Load),
+		counter("pgoptimist_client_bytes_received_total", "Protocol bytes read from clients by the relay (plaintext, startup not counted).", m.bytesIn.Load),
+		counter("pgoptimist_client_bytes_sent_total", "Protocol bytes written to clients by the relay (plaintext, startup not counted).", m.bytesOut.Load),
 		gauge("pgoptimist_tracked_rows", "Row versions remembered now by sessions on tables in mode tracked, required or observe.", m.trackedRows.Load),
 		m.stales, m.refusals, m.lostUpdates, m.evictions,
 		m.guardedSeconds, m.sessionSeconds,
@@ -271,9 +271,9 @@ func (m *Metrics) TrackedEvicted(table string) { m.evictions.add(table) }
 // number of row versions remembered now.
 func (m *Metrics) TrackedRows(delta int64) { m.trackedRows.Add(delta) }
 
-// BytesIn and BytesOut count bytes read from and written to clients. Not
-// called yet: the relay's read and write path (loop_linux.go) does not say
-// which side a buffer belongs to; until it does, the series stay at zero.
+// BytesIn and BytesOut count the protocol bytes read from and written to
+// clients by the relay (after TLS decryption, before encryption; the
+// startup exchange is not counted).
 func (m *Metrics) BytesIn(n int) { m.bytesIn.Add(int64(n)) }
 
 // BytesOut: see BytesIn.
