@@ -225,7 +225,14 @@ func connectMode(t testing.TB, addr, db string, mode pgx.QueryExecMode) *pgx.Con
 // configuration (adjust may be nil).
 func connectWith(t testing.TB, addr, db string, adjust func(*pgx.ConnConfig)) *pgx.Conn {
 	t.Helper()
-	cc, err := pgx.ParseConfig(dsn(addr, "", "", db))
+	return connectURL(t, dsn(addr, "", "", db), adjust, tlsMatrix)
+}
+
+// connectURL opens a pgx connection to url, adjusted, closed when the test
+// ends, and checks whether it is TLS.
+func connectURL(t testing.TB, url string, adjust func(*pgx.ConnConfig), wantTLS bool) *pgx.Conn {
+	t.Helper()
+	cc, err := pgx.ParseConfig(url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,11 +243,11 @@ func connectWith(t testing.TB, addr, db string, adjust func(*pgx.ConnConfig)) *p
 	defer cancel()
 	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
-		t.Fatalf("connect through %s: %v", addr, err)
+		t.Fatalf("connect to %s: %v", url, err)
 	}
 	t.Cleanup(func() { conn.Close(context.Background()) })
-	if _, isTLS := conn.PgConn().Conn().(*tls.Conn); isTLS != tlsMatrix {
-		t.Fatalf("connection through %s: TLS %v, want %v", addr, isTLS, tlsMatrix)
+	if _, isTLS := conn.PgConn().Conn().(*tls.Conn); isTLS != wantTLS {
+		t.Fatalf("connection to %s: TLS %v, want %v", url, isTLS, wantTLS)
 	}
 	return conn
 }

@@ -58,24 +58,7 @@ func tlsURL(addr, db string) string {
 // TLS.
 func tlsConnect(t testing.TB, addr string, adjust func(*pgx.ConnConfig)) *pgx.Conn {
 	t.Helper()
-	cc, err := pgx.ParseConfig(tlsURL(addr, "postgres"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if adjust != nil {
-		adjust(cc)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	conn, err := pgx.ConnectConfig(ctx, cc)
-	if err != nil {
-		t.Fatalf("connect with TLS through %s: %v", addr, err)
-	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	if _, ok := conn.PgConn().Conn().(*tls.Conn); !ok {
-		t.Fatalf("client connection is %T, not TLS", conn.PgConn().Conn())
-	}
-	return conn
+	return connectURL(t, tlsURL(addr, "postgres"), adjust, true)
 }
 
 // tlsDirect is a connection to the server over its Unix socket, for
