@@ -33,6 +33,7 @@
 #   TLS_WORKLOADS="a c"                      workloads of the TLS rows
 #   SKIP_BUILD=1     do not run `make build` (use the existing bin/pgoptimist)
 #   PGOPTIMIST_ARGS  extra arguments for `pgoptimist serve` (e.g. --config file.yaml)
+#   TRACKED=0        skip the tracked/observe workloads (h, i)
 #   KEEP_LOGS=1      keep the temporary directory with all logs
 #   PGOPTIMIST=path  pgoptimist binary (default bin/pgoptimist)
 #
@@ -514,6 +515,83 @@ YAML
 	done
 }
 
+# tracked_bench: tracked and observe mode. The same table as the guarded
+# workload, through pgoptimist with nothing guarded, with the table in mode
+# tracked, and in mode observe: (h) point reads (the hidden version and key
+# columns added and stripped, the version remembered), simple and extended
+# protocol; (i) a read-modify-write transaction that never mentions the
+# version (BEGIN; SELECT n; UPDATE ... SET n = :n + 1 WHERE id; COMMIT), on
+# rows of each client's own, extended protocol. TRACKED=0 skips it.
+TRACKED_RESULTS="$TMP/tracked.txt"
+tracked_bench() {
+	[ "${TRACKED:-1}" = 1 ] && [ "${GUARDED:-1}" = 1 ] && have_target pgoptimist || return 0
+	cat >"$TMP/tread.sql" <<'SQL'
+\set id random(1, 80000)
+SELECT n FROM vt WHERE id = :id;
+SQL
+	cat >"$TMP/trmw.sql" <<'SQL'
+\set id :client_id * 10000 + random(1, 10000)
+BEGIN;
+SELECT n FROM vt WHERE id = :id \gset
+UPDATE vt SET n = :n + 1 WHERE id = :id;
+COMMIT;
+SQL
+	local mode
+	for mode in tracked observe; do
+		PORT[$mode]=$(freeport)
+		cat >"$TMP/$mode.yaml" <<YAML
+listen: 127.0.0.1:${PORT[$mode]}
+upstream:
+  address: 127.0.0.1:$PGPORT_DIRECT
+  tls: disable
+log:
+  level: warn
+tables:
+  - name: public.vt
+    mode: $mode
+YAML
+		"$PGOPTIMIST" serve --config "$TMP/$mode.yaml" >"$TMP/pgoptimist-$mode.log" 2>&1 &
+		PIDS+=($!)
+		wait_port "$mode" "$!" "${PORT[$mode]}" "$TMP/pgoptimist-$mode.log" || die "pgoptimist in mode $mode did not start"
+	done
+	: >"$TRACKED_RESULTS"
+	local r w m t out tps
+	for ((r = 1; r <= ROUNDS; r++)); do
+		for w in tread-simple tread-extended trmw-extended; do
+			m=${w#*-}
+			for t in pgoptimist tracked observe; do
+				[ "$w" != "trmw-extended" ] && [ "$t" = observe ] && continue
+				out="$TMP/tracked-$w-$t-$r.log"
+				tps=
+				if run_fg "$PGBENCH" -n -f "$TMP/${w%%-*}.sql" -M "$m" -c 8 -j 2 -T "$DURATION" \
+					-h 127.0.0.1 -p "${PORT[$t]}" -U "$PGUSER_BENCH" "$DB" >"$out" 2>&1; then
+					tps=$(awk '/^tps = / { print $3; exit }' "$out")
+				fi
+				if [ -z "$tps" ] || grep -q "aborted" "$out"; then
+					FAILURES=$((FAILURES + 1))
+					log "tracked run failed: $w $t round $r"
+					tail -n 15 "$out" >&2
+					continue
+				fi
+				echo "$w $t $tps" >>"$TRACKED_RESULTS"
+				printf '[bench %s]   h  %-15s %-10s round %d: tps %10.1f\n' "$(date +%H:%M:%S)" "$w" "$t" "$r" "$tps" >&2
+			done
+		done
+	done
+	echo
+	echo "(h) tracked reads: SELECT n FROM vt WHERE id = :id, 8 clients; (i) read-modify-write without a version: BEGIN; SELECT n; UPDATE ... SET n = :n + 1; COMMIT, 8 clients"
+	printf '  %-16s %-9s %14s %12s %12s\n' workload mode "unguarded TPS" "mode TPS" "mode/unguarded"
+	for w in tread-simple tread-extended trmw-extended; do
+		local u v
+		u=$(awk -v w="$w" '$1 == w && $2 == "pgoptimist" { print $3 }' "$TRACKED_RESULTS" | median)
+		for t in tracked observe; do
+			v=$(awk -v w="$w" -v t="$t" '$1 == w && $2 == t { print $3 }' "$TRACKED_RESULTS" | median)
+			[ -n "$u" ] && [ -n "$v" ] || continue
+			printf '  %-16s %-9s %14.1f %12.1f %12.3f\n' "$w" "$t" "$u" "$v" "$(awk -v a="$v" -v b="$u" 'BEGIN { print a / b }')"
+		done
+	done
+}
+
 # --- report ------------------------------------------------------------------
 
 median() { # values on stdin -> median
@@ -603,6 +681,7 @@ fi
 
 echo
 guarded_bench
+tracked_bench
 
 if [ "$FAILURES" -gt 0 ]; then
 	echo
