@@ -53,7 +53,7 @@ func TestDefaults(t *testing.T) {
 		ShutdownTimeout: 30 * time.Second,
 		Log:             Log{Level: "info", Format: "text"},
 		Metrics:         Metrics{Listen: ""},
-		Guard:           Guard{StaleSQLState: "VL409", RequiredSQLState: "VL428", OnParseError: "forward"},
+		Guard:           Guard{StaleSQLState: "VL409", RequiredSQLState: "VL428", OnParseError: "forward", TrackedRowsPerSession: 10000},
 	}
 	if !reflect.DeepEqual(d, want) {
 		t.Fatalf("Defaults() = %+v\nwant %+v", d, want)
@@ -135,7 +135,7 @@ func TestLoadFullFile(t *testing.T) {
 		ShutdownTimeout: 90 * time.Second,
 		Log:             Log{Level: "debug", Format: "json"},
 		Metrics:         Metrics{Listen: "127.0.0.1:9930"},
-		Guard:           Guard{StaleSQLState: "XX409", RequiredSQLState: "XX428", OnParseError: "reject"},
+		Guard:           Guard{StaleSQLState: "XX409", RequiredSQLState: "XX428", OnParseError: "reject", TrackedRowsPerSession: 10000},
 		Tables: []Table{
 			{Name: "public.address", Column: "version", Statements: []string{"update", "delete"}, Mode: "explicit", Scope: "transaction"},
 			{Name: "public.orders", Column: "lock_version", Type: "bigint", Key: []string{"id"}, Statements: []string{"update"}, Mode: "tracked", Scope: "session"},
@@ -264,6 +264,7 @@ func TestEveryKeyFromEnv(t *testing.T) {
 		"guard.stale_sqlstate":           "AB123",
 		"guard.required_sqlstate":        "AB124",
 		"guard.on_parse_error":           "reject",
+		"guard.tracked_rows_per_session": "50",
 	}
 	if len(values) != len(Keys()) {
 		t.Fatalf("test covers %d keys, config has %d", len(values), len(Keys()))
@@ -284,7 +285,7 @@ func TestEveryKeyFromEnv(t *testing.T) {
 		ShutdownTimeout: 3 * time.Second,
 		Log:             Log{Level: "warn", Format: "json"},
 		Metrics:         Metrics{Listen: ":9930"},
-		Guard:           Guard{StaleSQLState: "AB123", RequiredSQLState: "AB124", OnParseError: "reject"},
+		Guard:           Guard{StaleSQLState: "AB123", RequiredSQLState: "AB124", OnParseError: "reject", TrackedRowsPerSession: 50},
 	}
 	if !reflect.DeepEqual(*c, want) {
 		t.Fatalf("got  %+v\nwant %+v", *c, want)

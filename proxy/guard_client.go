@@ -113,10 +113,13 @@ func (s *session) guardQuery(msg, sql []byte) error {
 	need := false
 	for i := range plan.Statements {
 		acts[i] = g.actionFor(&plan.Statements[i])
+		if g.store != nil {
+			s.trackAction(&acts[i], &plan.Statements[i])
+		}
 		need = need || acts[i].refuse || acts[i].check
 	}
 	if !need {
-		s.queue.push(pending{kind: pendQuery})
+		s.queue.push(pending{kind: pendQuery, track: querySet(acts)})
 		if !plan.Changed {
 			s.sout.append(msg...)
 			return nil
@@ -135,10 +138,10 @@ func (s *session) guardQuery(msg, sql []byte) error {
 		}
 		c := s.checks.start(checkSimple, a.stmt)
 		c.source = a.source
-		if err := s.send(&pgproto3.Query{String: plan.SQL}); err != nil {
+		if err := s.send(&pgproto3.Query{String: sqlOf(plan, acts)}); err != nil {
 			return err
 		}
-		s.check(pending{kind: pendQuery, check: c})
+		s.check(pending{kind: pendQuery, check: c, track: querySet(acts)})
 		return nil
 	}
 	// Run the statements as an extended-protocol pipeline, which
@@ -156,6 +159,8 @@ type action struct {
 	refuse bool
 	check  bool
 	source *rewrite.Statement // the statement as written (an EXECUTE carries the values)
+	sql    string             // tracked mode: the statement with the version it read, when not stmt's own
+	run    *trackRun          // tracked mode: its result and write, followed
 }
 
 // actionFor is what a planned statement needs at run time: a check, a
@@ -226,6 +231,9 @@ func (s *session) planInTurn(t *translation, i int) (bool, string) {
 		g.trackPrepared(p)
 		t.plan.Statements[i] = p.Statements[0]
 		t.acts[i] = g.actionFor(&t.plan.Statements[i])
+		if g.store != nil {
+			s.trackAction(&t.acts[i], &t.plan.Statements[i])
+		}
 	}
 	return true, ""
 }
@@ -258,17 +266,21 @@ func (s *session) continuePipeline(t *translation) error {
 			}
 			break
 		}
+		sql, ts := t.plan.Statements[i].SQL, oneSet(a.run, describePipeline)
+		if a.sql != "" {
+			sql = a.sql
+		}
 		s.queue.push(pending{kind: pendParse, answer: answerProxy})
 		s.queue.push(pending{kind: pendBind, answer: answerProxy})
-		s.queue.push(pending{kind: pendDescribe, answer: answerProxy})
-		if err := s.send(&pgproto3.Parse{Query: t.plan.Statements[i].SQL}, &pgproto3.Bind{}, &pgproto3.Describe{ObjectType: targetPortal}, &pgproto3.Execute{}); err != nil {
+		s.queue.push(pending{kind: pendDescribe, answer: answerProxy, track: ts})
+		if err := s.send(&pgproto3.Parse{Query: sql}, &pgproto3.Bind{}, &pgproto3.Describe{ObjectType: targetPortal}, &pgproto3.Execute{}); err != nil {
 			return err
 		}
 		if t.dynamic && rewrite.MayChangeResolution(t.plan.Statements[i].SQL) {
 			g.res.changed()
 		}
 		if !a.check {
-			s.queue.push(pending{kind: pendExecute})
+			s.queue.push(pending{kind: pendExecute, track: ts})
 			continue
 		}
 		c := s.checks.start(checkPipeline, a.stmt)
@@ -276,7 +288,7 @@ func (s *session) continuePipeline(t *translation) error {
 		if err := s.send(&pgproto3.Flush{}); err != nil {
 			return err
 		}
-		s.check(pending{kind: pendExecute, check: c})
+		s.check(pending{kind: pendExecute, check: c, track: ts})
 		return nil
 	}
 	s.queue.push(pending{kind: pendSync})
@@ -356,7 +368,7 @@ func (s *session) onParse(msg []byte) error {
 		return nil
 	}
 	st := &plan.Statements[0]
-	if st.Policy != nil {
+	if st.Policy != nil || g.store != nil && needsTracking(st) {
 		e, key := prev, ""
 		if e == nil {
 			e = &prepared{}
@@ -368,7 +380,14 @@ func (s *session) onParse(msg []byte) error {
 		for i := 0; i < nOids; i++ {
 			e.oids = append(e.oids, binary.BigEndian.Uint32(tail[2+4*i:]))
 		}
+		e.injected = g.store != nil && injectParse(st, nOids)
 		g.stmts[key] = e
+		if e.injected {
+			// Prepared with the injected parameter, typed by the server.
+			s.srv.metrics.rewritten.Add(1)
+			s.appendParse(name, st.Inject.SQL, injectTail(tail, st.Inject.Param))
+			return nil
+		}
 	}
 	if !plan.Changed {
 		s.sout.append(msg...)
@@ -423,7 +442,13 @@ func (s *session) onBind(msg []byte) error {
 		g.portals[string(portal)] = bp
 	}
 	bp.stmt, bp.oids, bp.quietWhenEmpty = prep.plan, prep.oids, prep.quietWhenEmpty
-	if prep.plan.Checked {
+	bp.run, bp.described = nil, false
+	if g.store != nil && needsTracking(prep.plan) {
+		msg, bp.stmt, bp.run = s.trackBind(prep, msg)
+		bp.described = bp.run == nil || textResults(rest)
+		msg = withHiddenFormats(msg, len(prep.plan.Hidden))
+	}
+	if bp.stmt.Checked {
 		// Kept to describe a stale result; decoded only then.
 		bp.bind = append(bp.bind[:0], msg...)
 	}
@@ -483,9 +508,16 @@ func (s *session) onExecute(msg, rest []byte) (int, error) {
 		g.res.changed() // it may change the resolution: asked again before the next plan
 	}
 	bp := g.portals[unsafeString(portal)]
+	var ts *trackSet
+	if bp != nil && bp.run != nil && !bp.stmt.Refuse {
+		if err := s.ownDescribe(bp, portal); err != nil {
+			return 0, err
+		}
+		ts = oneSet(bp.run, describeClient)
+	}
 	switch {
 	case bp == nil || (!bp.stmt.Checked && !bp.stmt.Refuse):
-		s.queue.push(pending{kind: pendExecute})
+		s.queue.push(pending{kind: pendExecute, track: ts})
 		s.sout.append(msg...)
 		return 0, nil
 	case bp.stmt.Refuse:
@@ -507,7 +539,7 @@ func (s *session) onExecute(msg, rest []byte) (int, error) {
 		c.portal = bp
 		s.sout.append(msg...)
 		s.sout.append(syncFrame...)
-		s.check(pending{kind: pendExecute, check: c})
+		s.check(pending{kind: pendExecute, check: c, track: ts})
 		s.queue.push(pending{kind: pendSync})
 		return len(syncFrame), nil
 	}
@@ -517,7 +549,7 @@ func (s *session) onExecute(msg, rest []byte) (int, error) {
 	if err := s.send(&pgproto3.Flush{}); err != nil {
 		return 0, err
 	}
-	s.check(pending{kind: pendExecute, check: c})
+	s.check(pending{kind: pendExecute, check: c, track: ts})
 	return 0, nil
 }
 
