@@ -455,3 +455,162 @@ func TestTrackedEviction(t *testing.T) {
 		t.Errorf("eviction not counted:\n%s", b.String())
 	}
 }
+
+// TestTrackedVersionTypes: timestamp and uuid versions (the new version
+// comes back through a hidden RETURNING), composite keys, binary and text
+// formats, two rows read then both written, in every pgx mode.
+func TestTrackedVersionTypes(t *testing.T) {
+	ctx := context.Background()
+	setup := `CREATE TABLE t_ts (id int PRIMARY KEY, version timestamptz NOT NULL DEFAULT clock_timestamp(), v text);
+CREATE TABLE t_uuid (k1 int, k2 text, version uuid NOT NULL DEFAULT gen_random_uuid(), v text, PRIMARY KEY (k1, k2));
+INSERT INTO t_ts (id, v) VALUES (1, 'a'), (2, 'b');
+INSERT INTO t_uuid (k1, k2, v) VALUES (1, 'x', 'a'), (2, 'y', 'b');`
+	for _, mode := range execModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			db := newDatabase(t, setup)
+			p := guardedProxy(t, config.Table{Name: "t_ts", Mode: "tracked", Scope: "session"},
+				config.Table{Name: "t_uuid", Mode: "tracked", Scope: "session"})
+			c := connectMode(t, p.Addr, db, mode)
+			d := direct(t, db)
+			for _, tc := range []struct {
+				read, write, other string
+				args               [2][]any
+			}{
+				{"SELECT id, v FROM t_ts WHERE id IN (1, 2) ORDER BY id", "UPDATE t_ts SET v = v || '.' WHERE id = $1",
+					"UPDATE t_ts SET version = clock_timestamp() WHERE id = 1", [2][]any{{1}, {2}}},
+				{"SELECT v FROM t_uuid ORDER BY k1", "UPDATE t_uuid SET v = v || '.' WHERE k1 = $1 AND k2 = $2",
+					"UPDATE t_uuid SET version = gen_random_uuid() WHERE k1 = 1", [2][]any{{1, "x"}, {2, "y"}}},
+			} {
+				rows, err := c.Query(ctx, tc.read)
+				if err != nil {
+					t.Fatal(err)
+				}
+				n := 0
+				for rows.Next() {
+					n++
+					if len(rows.RawValues()) != len(rows.FieldDescriptions()) || len(rows.FieldDescriptions()) > 2 {
+						t.Errorf("%q: %d fields", tc.read, len(rows.FieldDescriptions()))
+					}
+				}
+				if rows.Close(); rows.Err() != nil || n != 2 {
+					t.Fatalf("%q: %d rows, %v", tc.read, n, rows.Err())
+				}
+				// Both rows written, each twice (own writes move on).
+				for _, args := range tc.args {
+					for i := 0; i < 2; i++ {
+						// The RETURNING added for the new version is not the client's.
+						rows, err := c.Query(ctx, tc.write, args...)
+						if err != nil {
+							t.Fatal(err)
+						}
+						got := 0
+						for rows.Next() {
+							got++
+						}
+						rows.Close()
+						tag := rows.CommandTag()
+						if rows.Err() != nil || got != 0 || len(rows.FieldDescriptions()) != 0 || tag.String() != "UPDATE 1" {
+							t.Fatalf("%q %v: %d rows, %d fields, %v %v", tc.write, args, got, len(rows.FieldDescriptions()), tag, rows.Err())
+						}
+					}
+				}
+				if _, err := d.Exec(ctx, tc.other); err != nil {
+					t.Fatal(err)
+				}
+				_, err = c.Exec(ctx, tc.write, tc.args[0]...)
+				wantCode(t, err, "VL409")
+				execOK(t, c, "the other row, not changed by anyone else", tc.write, tc.args[1]...)
+			}
+		})
+	}
+}
+
+// TestTrackedSQLPrepare: a SQL-level PREPARE of a tracked read: its
+// EXECUTE shows the client's columns only, and is tracked.
+func TestTrackedSQLPrepare(t *testing.T) {
+	db := newDatabase(t, shapesDDL)
+	p := guardedProxy(t, config.Table{Name: "addresses", Mode: "tracked", Scope: "session"})
+	want, err := psql(t, pg.Addr(), db, "-c", "PREPARE r(int) AS SELECT * FROM addresses WHERE id = $1; EXECUTE r(1)")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, want)
+	}
+	got, err := psql(t, p.Addr, db, "-c", "PREPARE r(int) AS SELECT * FROM addresses WHERE id = $1; EXECUTE r(1)")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, got)
+	}
+	if got != want {
+		t.Errorf("through the proxy:\n%s\ndirectly:\n%s", got, want)
+	}
+	c := connectMode(t, p.Addr, db, pgx.QueryExecModeSimpleProtocol)
+	ctx := context.Background()
+	if _, err := c.Exec(ctx, "PREPARE r(int) AS SELECT county FROM addresses WHERE id = $1"); err != nil {
+		t.Fatal(err)
+	}
+	var county string
+	if err := c.QueryRow(ctx, "EXECUTE r(1)").Scan(&county); err != nil {
+		t.Fatal(err)
+	}
+	bump(t, db, 1)
+	_, err = c.Exec(ctx, "UPDATE addresses SET county = 'p' WHERE id = 1")
+	wantCode(t, err, "VL409")
+}
+
+// TestTrackedORMShapes: the read and write statements ORMs send, read then
+// written (accepted) and read, changed by another session, then written
+// (refused), in every pgx mode.
+func TestTrackedORMShapes(t *testing.T) {
+	db := newDatabase(t, shapesDDL)
+	p := guardedProxy(t, config.Table{Name: "addresses", Mode: "tracked"})
+	ctx := context.Background()
+	orms := []struct{ name, read, write string }{
+		{"rails", `SELECT "addresses".* FROM "addresses" WHERE "addresses"."id" = $1 LIMIT $2`,
+			`UPDATE "addresses" SET "county" = $1 WHERE "addresses"."id" = $2`},
+		{"hibernate", `select a1_0.id,a1_0.county,a1_0.state from addresses a1_0 where a1_0.id=$2 and $1::text is not null`,
+			`update addresses set county=$1 where id=$2`},
+		{"django", `SELECT "addresses"."id", "addresses"."county" FROM "addresses" WHERE ("addresses"."id" = $2 AND $1::text IS NOT NULL) LIMIT 21`,
+			`UPDATE "addresses" SET "county" = $1 WHERE "addresses"."id" = $2`},
+		{"sqlalchemy", `SELECT addresses.id AS addresses_id, addresses.county AS addresses_county FROM addresses WHERE addresses.id = $2::BIGINT AND $1::text IS NOT NULL`,
+			`UPDATE addresses SET county=$1::VARCHAR WHERE addresses.id = $2::BIGINT`},
+		{"ecto", `SELECT a0."id", a0."county" FROM "addresses" AS a0 WHERE (a0."id" = $2) AND $1::text IS NOT NULL`,
+			`UPDATE "addresses" AS a0 SET "county" = $1 WHERE (a0."id" = $2)`},
+	}
+	for _, mode := range execModes {
+		c := connectMode(t, p.Addr, db, mode)
+		for _, o := range orms {
+			args := []any{"Durham", 1}
+			run := func(stale bool) error {
+				tx, err := c.Begin(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer tx.Rollback(ctx)
+				readArgs := args
+				if o.name == "rails" {
+					readArgs = []any{1, 1}
+				}
+				rows, err := tx.Query(ctx, o.read, readArgs...)
+				if err != nil {
+					t.Fatalf("%s %s: %v", mode, o.name, err)
+				}
+				for rows.Next() {
+				}
+				if rows.Close(); rows.Err() != nil {
+					t.Fatalf("%s %s: %v", mode, o.name, rows.Err())
+				}
+				if stale {
+					bump(t, db, 1)
+				}
+				if _, err := tx.Exec(ctx, o.write, args...); err != nil {
+					return err
+				}
+				return tx.Commit(ctx)
+			}
+			if err := run(false); err != nil {
+				t.Errorf("%s %s: read then write: %v", mode, o.name, err)
+			}
+			if pe := pgErr(t, run(true)); pe.Code != "VL409" {
+				t.Errorf("%s %s: read, changed, written: %s, want VL409", mode, o.name, pe.Code)
+			}
+		}
+	}
+}
