@@ -80,7 +80,7 @@ type Table struct {
 	Type       string   `mapstructure:"type"`       // "" (discover) | integer | bigint | smallint | timestamp | timestamptz | uuid | xmin
 	Key        []string `mapstructure:"key"`        // default: primary key, discovered
 	Statements []string `mapstructure:"statements"` // subset of update, delete; default both
-	Mode       string   `mapstructure:"mode"`       // explicit | tracked | required
+	Mode       string   `mapstructure:"mode"`       // explicit | tracked | required | observe
 	Scope      string   `mapstructure:"scope"`      // transaction | session
 }
 

@@ -308,7 +308,7 @@ func TestTablesEnv(t *testing.T) {
 		{"explicitly none", "[]", []string{}, ""},
 		{"bad yaml", "- name: [", nil, "PGOPTIMIST_TABLES: not valid YAML or JSON"},
 		{"unknown key", `[{"name": "a", "colum": "v"}]`, nil, `config: unknown key "tables[0].colum" in PGOPTIMIST_TABLES (did you mean "tables[0].column"?)`},
-		{"invalid", `[{"name": "a", "mode": "x"}]`, nil, `tables[0].mode: must be one of explicit, tracked, required (got "x")`},
+		{"invalid", `[{"name": "a", "mode": "x"}]`, nil, `tables[0].mode: must be one of explicit, tracked, required, observe (got "x")`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -475,7 +475,7 @@ tables:
 		`tables[0]: must be a mapping with keys name, column, type, key, statements, mode, scope (got "just a string")`,
 		`tables[1].statements[1]: must be a string (got 7)`,
 		`log.level: must be one of debug, info, warn, error (got "loud")`,
-		`tables[1].mode: must be one of explicit, tracked, required (got "trackd")`,
+		`tables[1].mode: must be one of explicit, tracked, required, observe (got "trackd")`,
 	}
 	if err == nil || err.Error() != strings.Join(want, "\n") {
 		t.Fatalf("err =\n%v\nwant\n%s", err, strings.Join(want, "\n"))

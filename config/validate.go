@@ -58,7 +58,7 @@ var (
 	ParseErrorModes  = []string{"forward", "reject"}
 	VersionTypes     = []string{"integer", "bigint", "smallint", "timestamp", "timestamptz", "uuid", "xmin"}
 	StatementKinds   = []string{"update", "delete"}
-	TableModes       = []string{"explicit", "tracked", "required"}
+	TableModes       = []string{"explicit", "tracked", "required", "observe"}
 	TrackingScopes   = []string{"transaction", "session"}
 )
 

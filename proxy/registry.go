@@ -232,6 +232,6 @@ func (g *guardRegistry) newSessionGuard(db *dbGuard) *sessionGuard {
 		portals:        make(map[string]*boundPortal),
 		changers:       make(map[string]struct{}),
 		changerPortals: make(map[string]struct{}),
-		store:          newSessionStore(cfg, db.facts.policies, g.metrics),
+		store:          newSessionStore(cfg, db.facts.policies, g.metrics, g.log),
 	}
 }

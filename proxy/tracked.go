@@ -1,7 +1,11 @@
 package proxy
 
 import (
+	"log/slog"
 	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/pgoptimist/pgoptimist/config"
 	"github.com/pgoptimist/pgoptimist/rewrite"
@@ -47,6 +51,7 @@ type versionStore struct {
 	rolledBack bool            // a ROLLBACK (to a savepoint or not) completed since the last ReadyForQuery
 	failed     bool            // an error was reported since the last ReadyForQuery
 	keyBuf     []byte
+	log        *slog.Logger // observe mode's lost updates
 }
 
 func newVersionStore(cap int, m *Metrics, scopes map[string]bool) *versionStore {
@@ -302,7 +307,7 @@ func (s *session) trackReady() {
 
 // newSessionStore makes a session's memory when a table of the database is
 // in a tracked mode; nil otherwise (the tracking then costs nothing).
-func newSessionStore(cfg *config.Config, policies []rewrite.Policy, m *Metrics) *versionStore {
+func newSessionStore(cfg *config.Config, policies []rewrite.Policy, m *Metrics, log *slog.Logger) *versionStore {
 	tracked := false
 	for i := range policies {
 		tracked = tracked || policies[i].Tracked()
@@ -315,5 +320,44 @@ func newSessionStore(cfg *config.Config, policies []rewrite.Policy, m *Metrics) 
 		schema, table := t.SchemaTable()
 		scopes[schema+"."+table] = t.Scope == "session"
 	}
-	return newVersionStore(cfg.Guard.TrackedRowsPerSession, m, scopes)
+	vs := newVersionStore(cfg.Guard.TrackedRowsPerSession, m, scopes)
+	vs.log = log
+	return vs
+}
+
+// lastLostUpdateLog rate-limits the lost-update log lines of all sessions
+// (unix nanoseconds of the last one).
+var lastLostUpdateLog atomic.Int64
+
+// observeWrite runs in observe mode when the session's own UPDATE (or
+// upsert) of a tracked row returns the row's new version (the hidden
+// RETURNING observe mode always adds: no version is injected, so the new
+// version is never computed). For an integer version the write set
+// version = version + 1 on the row as it was when the write ran, so the
+// version written over is exactly the new one minus 1; when that is not
+// the version this session read, someone else's write came in between and
+// this write overwrote it: a lost update that tracked mode would have
+// refused. Other version types give no such relation and are not counted.
+func (vs *versionStore) observeWrite(kind rewrite.Kind, pol *rewrite.Policy, key []byte, newVersion string) {
+	if pol.Type != rewrite.TypeInteger || (kind != rewrite.KindUpdate && kind != rewrite.KindUpsert) {
+		return
+	}
+	r := vs.m[unsafeString(key)]
+	if r == nil {
+		return // never read: nothing to compare
+	}
+	nv, err1 := strconv.ParseInt(newVersion, 10, 64)
+	read, err2 := strconv.ParseInt(r.version, 10, 64)
+	if err1 != nil || err2 != nil || nv-1 == read {
+		return
+	}
+	table := pol.QualifiedName()
+	vs.metrics.LostUpdateObserved(table)
+	now := time.Now().UnixNano()
+	last := lastLostUpdateLog.Load()
+	if vs.log != nil && now-last >= int64(time.Second) && lastLostUpdateLog.CompareAndSwap(last, now) {
+		keys := strings.Split(unsafeString(key[len(table)+1:]), "\x00")
+		vs.log.Warn("lost update observed: the row changed after this session read it, and this write overwrote that change",
+			"table", table, "key", strings.Join(keys, ","), "read_version", r.version, "written_over", strconv.FormatInt(nv-1, 10))
+	}
 }

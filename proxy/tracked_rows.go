@@ -248,6 +248,9 @@ func (r *trackRun) capture(c *rewrite.Capture, n int, value func(int) ([]byte, b
 		return
 	}
 	if r.write {
+		if c.Policy.Mode == rewrite.ModeObserve {
+			vs.observeWrite(r.st.Kind, c.Policy, key, t)
+		}
 		vs.ownWrite(key, table, string(unsafeBytes(t)), false)
 		return
 	}
