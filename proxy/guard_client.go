@@ -102,6 +102,9 @@ func (s *session) guardQuery(msg, sql []byte) error {
 			t := &translation{plan: base, acts: make([]action, len(base.Statements)), dynamic: true}
 			for i := range base.Statements {
 				t.acts[i] = g.actionFor(&base.Statements[i])
+				if g.store != nil {
+					s.trackAction(&t.acts[i], &base.Statements[i])
+				}
 			}
 			return s.continuePipeline(t)
 		}

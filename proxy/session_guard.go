@@ -185,9 +185,12 @@ func (s *session) adoptGuard(db *dbGuard, gen int64) {
 		if old := s.guard; old != nil {
 			sg.stmts, sg.portals = old.stmts, old.portals
 			sg.changers, sg.changerPortals = old.changers, old.changerPortals
-			if old.store != nil && sg.store != nil {
+			switch {
+			case old.store != nil && sg.store != nil:
 				old.store.scopes = sg.store.scopes
 				sg.store = old.store
+			case old.store != nil:
+				old.store.close() // no table is tracked any more
 			}
 		}
 		sg.res.unsure = true // the new names are asked before the next planned statement
