@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"encoding/binary"
+	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgoptimist/pgoptimist/rewrite"
@@ -102,12 +103,14 @@ func sqlOf(plan *rewrite.Plan, acts []action) string {
 		if i > 0 {
 			b = append(b, ";\n"...)
 		}
+		sql := plan.Statements[i].SQL
 		if acts[i].sql != "" {
-			b = append(b, acts[i].sql...)
-		} else {
-			b = append(b, plan.Statements[i].SQL...)
+			sql = acts[i].sql
 		}
-		b = append(b, '\n') // a trailing comment must not swallow the separator
+		b = append(b, sql...)
+		if strings.Contains(sql, "--") {
+			b = append(b, '\n') // a trailing comment must not swallow the separator
+		}
 	}
 	return string(b)
 }
