@@ -27,6 +27,8 @@ type trackRun struct {
 	// From the RowDescription, for binary values: each field's format and type.
 	fmts []int16
 	oids []uint32
+
+	tables []string // each capture's schema.table, made once per run
 }
 
 // describeTo says who gets the answer to a Describe carrying a trackSet.
@@ -192,8 +194,14 @@ func (s *session) onTrackedDataRow(msg []byte) {
 		}
 		return body[o+4 : o+4+l], true
 	}
+	if len(run.tables) != len(run.st.Captures) {
+		run.tables = make([]string, len(run.st.Captures))
+		for ci := range run.st.Captures {
+			run.tables[ci] = run.st.Captures[ci].Policy.QualifiedName()
+		}
+	}
 	for ci := range run.st.Captures {
-		run.capture(&run.st.Captures[ci], n, value)
+		run.capture(&run.st.Captures[ci], run.tables[ci], n, value)
 	}
 	if hidden == 0 {
 		s.cout.append(msg...)
@@ -221,9 +229,8 @@ func (r *trackRun) text(i int, v []byte) (string, bool) {
 
 // capture remembers one table reference's key and version from a row; a
 // row whose key or version is NULL or cannot be read is not captured.
-func (r *trackRun) capture(c *rewrite.Capture, n int, value func(int) ([]byte, bool)) {
+func (r *trackRun) capture(c *rewrite.Capture, table string, n int, value func(int) ([]byte, bool)) {
 	vs := r.store
-	table := c.Policy.QualifiedName()
 	key := append(vs.keyBuf[:0], table...)
 	for _, f := range c.Keys {
 		i := f.Index(n)

@@ -158,3 +158,27 @@ func writeUnchecked(write, sent string) []step {
 		clientGets(cc("UPDATE 0"), ready('I')),
 	}
 }
+
+// TestTrackedDataRowAllocs: a DataRow of a tracked result is captured and
+// stripped without allocating once its row is remembered.
+func TestTrackedDataRowAllocs(t *testing.T) {
+	s := trackedSession(t)
+	run := &trackRun{st: planned(t, "SELECT state FROM address WHERE id = 7"), store: s.guard.store}
+	s.queue.push(pending{kind: pendQuery, track: &trackSet{runs: []*trackRun{run}}})
+	msg, _ := dataRow([]byte("x"), []byte("7"), []byte("2")).Encode(nil)
+	s.onTrackedDataRow(msg)
+	want, _ := dataRow([]byte("x")).Encode(nil)
+	if string(s.cout.data()) != string(want) {
+		t.Fatalf("stripped row %q, want %q", s.cout.data(), want)
+	}
+	if v, ok := s.guard.store.lookup("public.address\x007"); !ok || v != "2" {
+		t.Fatalf("remembered %q %v", v, ok)
+	}
+	allocs := testing.AllocsPerRun(100, func() {
+		s.cout.consume(s.cout.len())
+		s.onTrackedDataRow(msg)
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per row", allocs)
+	}
+}
