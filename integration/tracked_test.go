@@ -390,6 +390,26 @@ func TestTrackedWrites(t *testing.T) {
 			if err := tx.Commit(ctx); err != nil {
 				t.Fatal(err)
 			}
+			// ... exactly: the step before the savepoint stays, so the row
+			// is still checked against the version it has now.
+			tx, err = c.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			execOK(t, c, "write before the savepoint", "UPDATE addresses SET county = 'v' WHERE id = $1", 2)
+			if _, err := c.Exec(ctx, "SAVEPOINT s2"); err != nil {
+				t.Fatal(err)
+			}
+			execOK(t, c, "write after the savepoint", "UPDATE addresses SET county = 'u' WHERE id = $1", 2)
+			if _, err := c.Exec(ctx, "ROLLBACK TO SAVEPOINT s2"); err != nil {
+				t.Fatal(err)
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Fatal(err)
+			}
+			bump(t, db, 2)
+			_, err = c.Exec(ctx, "UPDATE addresses SET county = 't' WHERE id = $1", 2)
+			wantCode(t, err, "VL409")
 			// A failed implicit transaction undoes its write too.
 			readCounty(t, c, 3)
 			if _, err := c.Exec(ctx, "UPDATE addresses SET county = 'q' WHERE id = 3; SELECT 1/0", pgx.QueryExecModeSimpleProtocol); err == nil {

@@ -58,6 +58,9 @@ func (s *session) onQuery(msg []byte) error {
 		return protoErrorf("Query message without a string terminator")
 	}
 	sql := body[:len(body)-1]
+	if s.guard.store != nil {
+		s.guard.store.noteCommand(unsafeString(sql))
+	}
 	err := s.guardQuery(msg, sql)
 	if rewrite.MayChangeResolution(unsafeString(sql)) {
 		s.guard.res.changed()

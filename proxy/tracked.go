@@ -34,6 +34,7 @@ type remembered struct {
 // undoStep is what one own write replaced: restored if the transaction
 // rolls back.
 type undoStep struct {
+	mark       string // not a step: SAVEPOINT mark was set here
 	key, table string
 	session    bool
 	version    string
@@ -49,6 +50,8 @@ type versionStore struct {
 	scopes     map[string]bool // schema.table → scope session
 	undo       []undoStep      // own writes of the open transaction
 	rolledBack bool            // a ROLLBACK (to a savepoint or not) completed since the last ReadyForQuery
+	rollbackTo string          // the savepoint a ROLLBACK TO sent since the last ReadyForQuery names
+	undoLost   bool            // the transaction wrote more rows than undo holds
 	failed     bool            // an error was reported since the last ReadyForQuery
 	keyBuf     []byte
 	log        *slog.Logger // observe mode's lost updates
@@ -155,7 +158,11 @@ func (vs *versionStore) ownWrite(key []byte, table, version string, forget bool)
 	if r := vs.m[step.key]; r != nil {
 		step.version, step.had = r.version, true
 	}
-	vs.undo = append(vs.undo, step)
+	if len(vs.undo) < 4*vs.cap {
+		vs.undo = append(vs.undo, step)
+	} else {
+		vs.undoLost = true // bounded: a rollback then forgets every row
+	}
 	if forget {
 		vs.forget(step.key)
 		return
@@ -178,16 +185,13 @@ func (vs *versionStore) ready(status txStatus) {
 	case txIdle:
 		if (rolledBack || failed) && len(vs.undo) > 0 {
 			// The whole transaction is undone: so are its own writes.
-			for i := len(vs.undo) - 1; i >= 0; i-- {
-				u := &vs.undo[i]
-				if u.had {
-					vs.set([]byte(u.key), u.table, u.version)
-				} else {
-					vs.forget(u.key)
-				}
+			vs.restore(0)
+			if vs.undoLost {
+				vs.forgetAll()
 			}
 		}
-		vs.undo = vs.undo[:0]
+		vs.undo, vs.undoLost = vs.undo[:0], false
+		vs.rollbackTo = ""
 		// Scope transaction: forgotten at every transaction's end.
 		for r := vs.head; r != nil; {
 			next := r.next
@@ -197,16 +201,126 @@ func (vs *versionStore) ready(status txStatus) {
 			r = next
 		}
 	case txInBlock:
-		if rolledBack && len(vs.undo) > 0 {
-			// ROLLBACK TO SAVEPOINT: which savepoint is not known here, so
-			// the rows this transaction wrote are forgotten (their next
-			// write goes unchecked) rather than restored to a version the
-			// database may no longer have: never a refusal of the
-			// session's own write.
-			for i := range vs.undo {
+		to := vs.rollbackTo
+		vs.rollbackTo = ""
+		if !rolledBack || len(vs.undo) == 0 && !vs.undoLost {
+			return
+		}
+		if vs.undoLost {
+			vs.forgetAll()
+			vs.undo, vs.undoLost = vs.undo[:0], false
+			return
+		}
+		// ROLLBACK TO SAVEPOINT: the steps since the savepoint's mark are
+		// undone (the savepoint itself stays).
+		for i := len(vs.undo) - 1; i >= 0 && to != ""; i-- {
+			if vs.undo[i].mark == to {
+				vs.restore(i + 1)
+				vs.undo = vs.undo[:i+1]
+				return
+			}
+		}
+		// Which savepoint is not known (sent another way than a simple
+		// query of its own): the rows this transaction wrote are forgotten
+		// (their next write goes unchecked) rather than restored to a
+		// version the database may no longer have: never a refusal of the
+		// session's own write.
+		for i := range vs.undo {
+			if vs.undo[i].mark == "" {
 				vs.forget(vs.undo[i].key)
 			}
-			vs.undo = vs.undo[:0]
+		}
+		vs.undo = vs.undo[:0]
+	}
+}
+
+// forgetAll forgets every row (a rollback whose steps were not all kept).
+func (vs *versionStore) forgetAll() {
+	for vs.head != nil {
+		vs.remove(vs.head)
+	}
+}
+
+// restore undoes the own-write steps from undo[from] on, newest first.
+func (vs *versionStore) restore(from int) {
+	for i := len(vs.undo) - 1; i >= from; i-- {
+		u := &vs.undo[i]
+		switch {
+		case u.mark != "":
+		case u.had:
+			vs.set([]byte(u.key), u.table, u.version)
+		default:
+			vs.forget(u.key)
+		}
+	}
+}
+
+// noteCommand follows the savepoint commands a simple query sends on its
+// own (SAVEPOINT, ROLLBACK TO, RELEASE), so a ROLLBACK TO undoes exactly
+// the steps since its savepoint. Noted when sent: a command that fails
+// aborts the transaction, whose end restores everything anyway.
+func (vs *versionStore) noteCommand(sql string) {
+	sql = strings.TrimSpace(sql)
+	sql = strings.TrimSpace(strings.TrimSuffix(sql, ";"))
+	if len(sql) < 8 || strings.ContainsAny(sql, ";-/") {
+		return
+	}
+	switch sql[0] {
+	case 's', 'S', 'r', 'R':
+	default:
+		return
+	}
+	w := strings.Fields(sql)
+	word := func(i int, s string) bool { return i < len(w) && strings.EqualFold(w[i], s) }
+	name := func(i int) string {
+		if i != len(w)-1 {
+			return ""
+		}
+		// Copied: sql is the client's buffer, reused after this call.
+		if n := w[i]; len(n) > 1 && n[0] == '"' && n[len(n)-1] == '"' {
+			return strings.Clone(strings.ReplaceAll(n[1:len(n)-1], `""`, `"`))
+		}
+		return strings.Clone(strings.ToLower(w[i]))
+	}
+	switch {
+	case word(0, "savepoint"):
+		if n := name(1); n != "" {
+			vs.undo = append(vs.undo, undoStep{mark: n})
+		}
+	case word(0, "rollback"):
+		i := 1
+		if word(i, "work") || word(i, "transaction") {
+			i++
+		}
+		if !word(i, "to") {
+			return
+		}
+		i++
+		if word(i, "savepoint") {
+			i++
+		}
+		vs.rollbackTo = name(i)
+	case word(0, "release"):
+		i := 1
+		if word(i, "savepoint") {
+			i++
+		}
+		// The savepoint (and those after it) is gone; its steps belong to
+		// the enclosing level now.
+		n := name(i)
+		for j := len(vs.undo) - 1; j >= 0 && n != ""; j-- {
+			if vs.undo[j].mark != n {
+				continue
+			}
+			k := j
+			for _, u := range vs.undo[j:] {
+				if u.mark == "" {
+					vs.undo[k] = u
+					k++
+				}
+			}
+			vs.undo = vs.undo[:k]
+			break
 		}
 	}
 }
