@@ -202,8 +202,14 @@ func shapeOf(t *testing.T, c *pgx.Conn, mode pgx.QueryExecMode, sql string, args
 // same query sent directly), in every pgx mode, and the read is tracked
 // (a write of the row after another session changed it is refused).
 func TestTrackedResultShapes(t *testing.T) {
+	for _, m := range []string{"tracked", "observe"} {
+		t.Run(m, func(t *testing.T) { testResultShapes(t, m) })
+	}
+}
+
+func testResultShapes(t *testing.T, tableMode string) {
 	db := newDatabase(t, shapesDDL)
-	p := guardedProxy(t, config.Table{Name: "addresses", Mode: "tracked"})
+	p := guardedProxy(t, config.Table{Name: "addresses", Mode: tableMode})
 	ctx := context.Background()
 	other := direct(t, db)
 	for _, mode := range execModes {
@@ -216,8 +222,8 @@ func TestTrackedResultShapes(t *testing.T) {
 				if fmt.Sprint(got) != fmt.Sprint(want) {
 					t.Errorf("%s: through the proxy %v\n directly %v", q.name, got, want)
 				}
-				if q.name == "for update" || q.name == "returning" {
-					continue // the row is locked: no other session can change it
+				if q.name == "for update" || q.name == "returning" || tableMode == "observe" {
+					continue // the row is locked: no other session can change it; observe refuses nothing
 				}
 				// Tracked: read in a transaction, changed by another
 				// session, written back: refused.
@@ -424,6 +430,14 @@ func TestTrackedWrites(t *testing.T) {
 			// DELETE forgets the row.
 			readCounty(t, c, 4)
 			execOK(t, c, "delete", "DELETE FROM addresses WHERE id = $1", 4)
+
+			// DISCARD ALL (a pooler's reset): nothing read before counts.
+			readCounty(t, c, 1)
+			bump(t, db, 1)
+			if _, err := c.Exec(ctx, "DISCARD ALL"); err != nil {
+				t.Fatal(err)
+			}
+			execOK(t, c, "after DISCARD ALL", "UPDATE addresses SET county = 'd' WHERE id = $1", 1)
 
 			// Scope transaction: forgotten at commit.
 			tr := guardedProxy(t, config.Table{Name: "addresses", Mode: "tracked"})

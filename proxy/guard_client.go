@@ -58,8 +58,13 @@ func (s *session) onQuery(msg []byte) error {
 		return protoErrorf("Query message without a string terminator")
 	}
 	sql := body[:len(body)-1]
-	if s.guard.store != nil {
-		s.guard.store.noteCommand(unsafeString(sql))
+	if vs := s.guard.store; vs != nil {
+		vs.noteCommand(unsafeString(sql))
+		if len(vs.m) > 0 && rewrite.DiscardsAll(unsafeString(sql)) {
+			// A pooler handing the connection to another client: what
+			// this one read is not the next one's.
+			vs.forgetAll()
+		}
 	}
 	err := s.guardQuery(msg, sql)
 	if rewrite.MayChangeResolution(unsafeString(sql)) {
