@@ -431,6 +431,20 @@ func TestTrackedWrites(t *testing.T) {
 			readCounty(t, c, 4)
 			execOK(t, c, "delete", "DELETE FROM addresses WHERE id = $1", 4)
 
+			// Own writes that do not pin the key: the session is not
+			// refused afterwards for what they changed.
+			for _, own := range []string{
+				"UPDATE addresses SET state = 'GA' WHERE county IS NOT NULL AND id < $1",
+				"MERGE INTO addresses a USING (SELECT 1 AS id WHERE $1::int > 0) s ON a.id = s.id WHEN MATCHED THEN UPDATE SET county = 'm'",
+				"WITH w AS (UPDATE addresses SET state = 'SC' WHERE id = $1 RETURNING id) SELECT count(*) FROM w",
+			} {
+				readCounty(t, c, 1)
+				if _, err := c.Exec(ctx, own, 2); err != nil {
+					t.Fatalf("%q: %v", own, err)
+				}
+				execOK(t, c, "pinned write after "+own, "UPDATE addresses SET county = 'k' WHERE id = $1", 1)
+			}
+
 			// DISCARD ALL (a pooler's reset): nothing read before counts.
 			readCounty(t, c, 1)
 			bump(t, db, 1)

@@ -351,7 +351,21 @@ func needsTracking(st *rewrite.Statement) bool {
 	if len(st.Captures) > 0 || st.Inject != nil || st.NewVersion != rewrite.NewVersionNone {
 		return true
 	}
-	return st.Kind == rewrite.KindDelete && st.Policy != nil && st.Policy.Tracked()
+	// Any other write of a tracked table: what it changed must not stay
+	// remembered as it was (see onTrackedComplete).
+	return st.Policy != nil && st.Policy.Tracked()
+}
+
+// forgetTable forgets every row of a table (a write of the table that the
+// tracking cannot follow row by row).
+func (vs *versionStore) forgetTable(table string) {
+	for r := vs.head; r != nil; {
+		next := r.next
+		if r.table == table {
+			vs.remove(r)
+		}
+		r = next
+	}
 }
 
 // writeKey is the written row's key texts in Policy.Key order, from the

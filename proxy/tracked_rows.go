@@ -315,11 +315,24 @@ func (s *session) onTrackedComplete(ts *trackSet, msg []byte) {
 	if p, _ := s.queue.peek(); p.kind == pendQuery {
 		ts.i++ // the next result belongs to the next statement
 	}
-	if run == nil || run.st == nil || serverMsg(msg[0]) != msgCommandComplete || !run.keyOK {
+	if run == nil || run.st == nil || serverMsg(msg[0]) != msgCommandComplete {
 		return
 	}
 	st := run.st
-	if rowsAffected(msg) <= 0 {
+	n := rowsAffected(msg)
+	if !run.keyOK {
+		// A write whose rows the tracking cannot name (no pinned key and
+		// no RETURNING that says: MERGE, a DELETE by range, a
+		// data-modifying CTE, EXPLAIN ANALYZE): the session must not be
+		// refused later for having changed rows itself, so what it
+		// remembers of the table is forgotten.
+		if st.Policy != nil && st.Policy.Tracked() && n != 0 &&
+			(st.Kind == rewrite.KindDelete || len(st.Captures) == 0) {
+			run.store.forgetTable(st.Policy.QualifiedName())
+		}
+		return
+	}
+	if n <= 0 {
 		return
 	}
 	vs := run.store
