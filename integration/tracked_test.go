@@ -57,8 +57,11 @@ func increments(t *testing.T, addr, db, table string, explicitTx bool) (int, int
 					if errors.As(err, &pe) && pe.Code == "VL409" {
 						mu.Lock()
 						retries++
+						tooMany := retries > 100*lostWorkers*lostRounds
 						mu.Unlock()
-						continue
+						if !tooMany {
+							continue
+						}
 					}
 					mu.Lock()
 					errs = append(errs, err)
