@@ -25,6 +25,7 @@ INSERT INTO accounts (id, balance) SELECT g, 0 FROM generate_series(1, 10000) g;
 		tables []config.Table
 	}{
 		{"unguarded", nil},
+		{"explicit", []config.Table{{Name: "accounts"}}}, // guarded, nothing tracked
 		{"tracked", []config.Table{{Name: "accounts", Mode: "tracked"}}},
 	}
 	for _, tg := range targets {
