@@ -29,6 +29,9 @@ type trackRun struct {
 	oids []uint32
 
 	tables []string // each capture's schema.table, made once per run
+	// skip: captures whose fields the RowDescription shows to come from
+	// another table than the plan says: never captured (no guessing).
+	skip []bool
 }
 
 // describeTo says who gets the answer to a Describe carrying a trackSet.
@@ -100,9 +103,9 @@ func (s *session) onTrackedRowDescription(msg []byte) {
 	// each field's type and format.
 	b, cut := body[2:], -1
 	var fmts []int16
-	var oids []uint32
+	var oids, tabs []uint32
 	if run != nil {
-		fmts, oids = make([]int16, 0, n), make([]uint32, 0, n)
+		fmts, oids, tabs = make([]int16, 0, n), make([]uint32, 0, n), make([]uint32, 0, n)
 	}
 	for i := 0; i < n; i++ {
 		if i == n-hidden {
@@ -114,6 +117,7 @@ func (s *session) onTrackedRowDescription(msg []byte) {
 			return
 		}
 		if run != nil {
+			tabs = append(tabs, binary.BigEndian.Uint32(rest))
 			oids = append(oids, binary.BigEndian.Uint32(rest[6:]))
 			fmts = append(fmts, int16(binary.BigEndian.Uint16(rest[16:])))
 		}
@@ -121,6 +125,7 @@ func (s *session) onTrackedRowDescription(msg []byte) {
 	}
 	if run != nil {
 		run.fmts, run.oids = fmts, oids
+		s.checkCaptures(run, tabs)
 	}
 	if ts.describe == describeOwn && p.kind == pendDescribe {
 		return
@@ -201,6 +206,9 @@ func (s *session) onTrackedDataRow(msg []byte) {
 		}
 	}
 	for ci := range run.st.Captures {
+		if ci < len(run.skip) && run.skip[ci] {
+			continue
+		}
 		run.capture(&run.st.Captures[ci], run.tables[ci], n, value)
 	}
 	if hidden == 0 {
@@ -347,5 +355,34 @@ func (s *session) onTrackedComplete(ts *trackSet, msg []byte) {
 		} else {
 			vs.ownWrite(key, table, "", true)
 		}
+	}
+}
+
+// checkCaptures verifies, from a RowDescription's table OIDs, that each
+// field a capture reads comes from the capture's table (the catalog's OID
+// for it); a capture that does not is skipped for this result.
+func (s *session) checkCaptures(run *trackRun, tabs []uint32) {
+	run.skip = run.skip[:0]
+	if run.st == nil || s.guard == nil || s.guard.db == nil || s.guard.db.facts.oids == nil {
+		return
+	}
+	oids := s.guard.db.facts.oids
+	n := len(tabs)
+	for ci := range run.st.Captures {
+		c := &run.st.Captures[ci]
+		bad := false
+		for _, f := range append(c.Keys[:len(c.Keys):len(c.Keys)], c.Version) {
+			i := f.Index(n)
+			if i < 0 || i >= n {
+				bad = true
+				break
+			}
+			pol := oids[tabs[i]]
+			if pol == nil || pol.Schema != c.Policy.Schema || pol.Table != c.Policy.Table {
+				bad = true
+				break
+			}
+		}
+		run.skip = append(run.skip, bad)
 	}
 }
