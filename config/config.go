@@ -68,6 +68,9 @@ type Guard struct {
 	StaleSQLState    string `mapstructure:"stale_sqlstate"`
 	RequiredSQLState string `mapstructure:"required_sqlstate"`
 	OnParseError     string `mapstructure:"on_parse_error"` // forward | reject
+	// TrackedRowsPerSession caps the row versions one session remembers
+	// in tracked modes; the least recently used are forgotten first.
+	TrackedRowsPerSession int `mapstructure:"tracked_rows_per_session"`
 }
 
 // Table is the policy of one guarded table.
@@ -77,7 +80,7 @@ type Table struct {
 	Type       string   `mapstructure:"type"`       // "" (discover) | integer | bigint | smallint | timestamp | timestamptz | uuid | xmin
 	Key        []string `mapstructure:"key"`        // default: primary key, discovered
 	Statements []string `mapstructure:"statements"` // subset of update, delete; default both
-	Mode       string   `mapstructure:"mode"`       // explicit | tracked | required
+	Mode       string   `mapstructure:"mode"`       // explicit | tracked | required | observe
 	Scope      string   `mapstructure:"scope"`      // transaction | session
 }
 
@@ -120,6 +123,8 @@ func Defaults() Config {
 			StaleSQLState:    "VL409",
 			RequiredSQLState: "VL428",
 			OnParseError:     "forward",
+
+			TrackedRowsPerSession: 10000,
 		},
 	}
 }

@@ -65,6 +65,7 @@ var fields = []field{
 	{"guard.stale_sqlstate", kindString, func(c *Config) any { return &c.Guard.StaleSQLState }},
 	{"guard.required_sqlstate", kindString, func(c *Config) any { return &c.Guard.RequiredSQLState }},
 	{"guard.on_parse_error", kindString, func(c *Config) any { return &c.Guard.OnParseError }},
+	{"guard.tracked_rows_per_session", kindInt, func(c *Config) any { return &c.Guard.TrackedRowsPerSession }},
 }
 
 // tableFields are the keys of one entry of tables.

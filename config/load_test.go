@@ -53,7 +53,7 @@ func TestDefaults(t *testing.T) {
 		ShutdownTimeout: 30 * time.Second,
 		Log:             Log{Level: "info", Format: "text"},
 		Metrics:         Metrics{Listen: ""},
-		Guard:           Guard{StaleSQLState: "VL409", RequiredSQLState: "VL428", OnParseError: "forward"},
+		Guard:           Guard{StaleSQLState: "VL409", RequiredSQLState: "VL428", OnParseError: "forward", TrackedRowsPerSession: 10000},
 	}
 	if !reflect.DeepEqual(d, want) {
 		t.Fatalf("Defaults() = %+v\nwant %+v", d, want)
@@ -135,7 +135,7 @@ func TestLoadFullFile(t *testing.T) {
 		ShutdownTimeout: 90 * time.Second,
 		Log:             Log{Level: "debug", Format: "json"},
 		Metrics:         Metrics{Listen: "127.0.0.1:9930"},
-		Guard:           Guard{StaleSQLState: "XX409", RequiredSQLState: "XX428", OnParseError: "reject"},
+		Guard:           Guard{StaleSQLState: "XX409", RequiredSQLState: "XX428", OnParseError: "reject", TrackedRowsPerSession: 10000},
 		Tables: []Table{
 			{Name: "public.address", Column: "version", Statements: []string{"update", "delete"}, Mode: "explicit", Scope: "transaction"},
 			{Name: "public.orders", Column: "lock_version", Type: "bigint", Key: []string{"id"}, Statements: []string{"update"}, Mode: "tracked", Scope: "session"},
@@ -264,6 +264,7 @@ func TestEveryKeyFromEnv(t *testing.T) {
 		"guard.stale_sqlstate":           "AB123",
 		"guard.required_sqlstate":        "AB124",
 		"guard.on_parse_error":           "reject",
+		"guard.tracked_rows_per_session": "50",
 	}
 	if len(values) != len(Keys()) {
 		t.Fatalf("test covers %d keys, config has %d", len(values), len(Keys()))
@@ -284,7 +285,7 @@ func TestEveryKeyFromEnv(t *testing.T) {
 		ShutdownTimeout: 3 * time.Second,
 		Log:             Log{Level: "warn", Format: "json"},
 		Metrics:         Metrics{Listen: ":9930"},
-		Guard:           Guard{StaleSQLState: "AB123", RequiredSQLState: "AB124", OnParseError: "reject"},
+		Guard:           Guard{StaleSQLState: "AB123", RequiredSQLState: "AB124", OnParseError: "reject", TrackedRowsPerSession: 50},
 	}
 	if !reflect.DeepEqual(*c, want) {
 		t.Fatalf("got  %+v\nwant %+v", *c, want)
@@ -307,7 +308,7 @@ func TestTablesEnv(t *testing.T) {
 		{"explicitly none", "[]", []string{}, ""},
 		{"bad yaml", "- name: [", nil, "PGOPTIMIST_TABLES: not valid YAML or JSON"},
 		{"unknown key", `[{"name": "a", "colum": "v"}]`, nil, `config: unknown key "tables[0].colum" in PGOPTIMIST_TABLES (did you mean "tables[0].column"?)`},
-		{"invalid", `[{"name": "a", "mode": "x"}]`, nil, `tables[0].mode: must be one of explicit, tracked, required (got "x")`},
+		{"invalid", `[{"name": "a", "mode": "x"}]`, nil, `tables[0].mode: must be one of explicit, tracked, required, observe (got "x")`},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -474,7 +475,7 @@ tables:
 		`tables[0]: must be a mapping with keys name, column, type, key, statements, mode, scope (got "just a string")`,
 		`tables[1].statements[1]: must be a string (got 7)`,
 		`log.level: must be one of debug, info, warn, error (got "loud")`,
-		`tables[1].mode: must be one of explicit, tracked, required (got "trackd")`,
+		`tables[1].mode: must be one of explicit, tracked, required, observe (got "trackd")`,
 	}
 	if err == nil || err.Error() != strings.Join(want, "\n") {
 		t.Fatalf("err =\n%v\nwant\n%s", err, strings.Join(want, "\n"))

@@ -58,7 +58,7 @@ var (
 	ParseErrorModes  = []string{"forward", "reject"}
 	VersionTypes     = []string{"integer", "bigint", "smallint", "timestamp", "timestamptz", "uuid", "xmin"}
 	StatementKinds   = []string{"update", "delete"}
-	TableModes       = []string{"explicit", "tracked", "required"}
+	TableModes       = []string{"explicit", "tracked", "required", "observe"}
 	TrackingScopes   = []string{"transaction", "session"}
 )
 
@@ -153,6 +153,9 @@ func (c *Config) Validate() error {
 		ps.add("guard.required_sqlstate", "must differ from guard.stale_sqlstate (both %q)", c.Guard.StaleSQLState)
 	}
 	ps.oneOf("guard.on_parse_error", c.Guard.OnParseError, ParseErrorModes)
+	if c.Guard.TrackedRowsPerSession <= 0 {
+		ps.add("guard.tracked_rows_per_session", "must be positive (got %d)", c.Guard.TrackedRowsPerSession)
+	}
 
 	seen := map[[2]string]int{}
 	for i, t := range c.Tables {

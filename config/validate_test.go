@@ -115,7 +115,7 @@ func TestValidate(t *testing.T) {
 		{"statements unknown", func(c *Config) { c.Tables[0].Statements = []string{"update", "insert", "update"} },
 			[]string{`tables[0].statements[1]: must be one of update, delete (got "insert")`, `tables[0].statements[2]: duplicate "update"`}},
 		{"mode", func(c *Config) { c.Tables[0].Mode = "trackd" },
-			[]string{`tables[0].mode: must be one of explicit, tracked, required (got "trackd")`}},
+			[]string{`tables[0].mode: must be one of explicit, tracked, required, observe (got "trackd")`}},
 		{"scope", func(c *Config) { c.Tables[0].Scope = "forever" },
 			[]string{`tables[0].scope: must be one of transaction, session (got "forever")`}},
 		{"many at once", func(c *Config) {
@@ -126,7 +126,7 @@ func TestValidate(t *testing.T) {
 			`limits.max_connections: must be positive (got -5)`,
 			`log.format: must be one of text, json (got "yaml")`,
 			`tables[2].name: required`,
-			`tables[2].mode: must be one of explicit, tracked, required (got "trackd")`,
+			`tables[2].mode: must be one of explicit, tracked, required, observe (got "trackd")`,
 		}},
 	}
 	for _, tc := range cases {
@@ -160,7 +160,7 @@ func TestValidateViaLoadNamesKey(t *testing.T) {
 	cleanEnv(t)
 	_, err := LoadFile(writeFile(t, "upstream:\n  tls: sometimes\ntables:\n  - name: a\n  - name: b\n    mode: trackd\n  - name: public.a\n"))
 	want := "upstream.tls: must be one of disable, prefer, require, verify-full (got \"sometimes\")\n" +
-		"tables[1].mode: must be one of explicit, tracked, required (got \"trackd\")\n" +
+		"tables[1].mode: must be one of explicit, tracked, required, observe (got \"trackd\")\n" +
 		"tables[2].name: duplicate of tables[0]"
 	if err == nil || err.Error() != want {
 		t.Fatalf("err =\n%v\nwant\n%s", err, want)

@@ -163,6 +163,8 @@ func (s *session) wantWhole(typ clientMsg) bool {
 		return len(g.portals) > 0 || len(g.changerPortals) > 0
 	case msgClose:
 		return len(g.stmts) > 0 || len(g.portals) > 0 || len(g.changers) > 0 || len(g.changerPortals) > 0
+	case msgDescribe:
+		return g.store != nil && (len(g.stmts) > 0 || len(g.portals) > 0)
 	}
 	return false
 }
@@ -227,6 +229,8 @@ func (s *session) handleClient(msg, rest []byte) (int, error) {
 		return s.onExecute(msg, rest)
 	case msgClose:
 		return 0, s.onClose(msg)
+	case msgDescribe:
+		return 0, s.onDescribe(msg)
 	}
 	s.sout.append(msg...)
 	return 0, nil
@@ -263,13 +267,18 @@ func (s *session) processServer() {
 		drop, whole := false, false
 		switch typ {
 		case msgRowDescription:
-			s.popIf(pendDescribe)
+			if whole = s.trackHead() != nil; !whole {
+				s.popIf(pendDescribe)
+			}
+		case msgDataRow:
+			whole = s.trackHead() != nil
 		case msgParseComplete, msgBindComplete, msgCloseComplete, msgNoData:
 			p, ok := s.queue.pop()
 			drop = ok && p.answer == answerProxy
 		case msgParameterDescription:
 			p, ok := s.queue.peek()
 			drop = ok && p.answer == answerProxy
+			whole = ok && p.track != nil
 		case msgCommandComplete, msgEmptyQueryResponse, msgPortalSuspended:
 			whole = s.wantComplete()
 		case msgErrorResponse, msgReadyForQuery:
@@ -284,6 +293,12 @@ func (s *session) processServer() {
 		}
 		msg := d[:total]
 		switch typ {
+		case msgRowDescription:
+			s.onTrackedRowDescription(msg)
+		case msgDataRow:
+			s.onTrackedDataRow(msg)
+		case msgParameterDescription:
+			s.onTrackedParameterDescription(msg)
 		case msgCommandComplete, msgEmptyQueryResponse, msgPortalSuspended:
 			s.onCommandComplete(msg)
 		case msgErrorResponse:
@@ -314,5 +329,5 @@ func (s *session) popIf(kinds ...pendingKind) {
 // popped) or a checked statement.
 func (s *session) wantComplete() bool {
 	p, ok := s.queue.peek()
-	return ok && (p.kind == pendExecute || p.check != nil)
+	return ok && (p.kind == pendExecute || p.check != nil || p.track != nil) || s.watchingTags()
 }

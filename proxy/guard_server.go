@@ -13,6 +13,7 @@ import (
 // checked statement, zero rows affected is withheld from the client.
 func (s *session) onCommandComplete(msg []byte) {
 	p, _ := s.queue.peek()
+	s.trackComplete(p.track, msg)
 	if p.kind == pendExecute {
 		s.queue.pop()
 	}
@@ -64,6 +65,7 @@ func (s *session) onError(msg []byte) {
 		msg = cleanError(msg)
 	}
 	s.cout.append(msg...)
+	s.trackError()
 	switch {
 	case !ok:
 	case p.kind == pendQuery:
@@ -103,6 +105,7 @@ func cleanError(msg []byte) []byte {
 func (s *session) onReady(msg []byte) {
 	s.txStatus = readyStatus(msg)
 	s.relayReady(msg)
+	s.trackReady()
 	if s.txStatus == txIdle {
 		s.atTxEnd()
 	}

@@ -35,6 +35,8 @@ func mode(m string) rewrite.Mode {
 		return rewrite.ModeTracked
 	case "required":
 		return rewrite.ModeRequired
+	case "observe":
+		return rewrite.ModeObserve
 	}
 	return rewrite.ModeExplicit
 }

@@ -55,6 +55,7 @@ type pending struct {
 	answer answerAction
 	seen   observation
 	check  *checkState // a checked statement: zero rows affected is a conflict
+	track  *trackSet   // tracked mode: its result sets are stripped and captured (tracked_rows.go)
 }
 
 // maxInFlight is the number of requests in flight at which the relay stops

@@ -143,7 +143,7 @@ func (db *dbGuard) finish(rows []catalogRow, err error) {
 	} else {
 		db.facts = buildFacts(db.cfg, rows, db.database, db.log)
 		if len(db.facts.policies) > 0 {
-			db.rw = rewrite.New(db.facts.policies, rewrite.Options{MaxSQLBytes: db.cfg.Limits.MaxSQLBytes})
+			db.rw = rewrite.New(db.facts.policies, rewrite.Options{MaxSQLBytes: db.cfg.Limits.MaxSQLBytes, Tracking: true})
 		}
 		db.relnames = db.relnames[:0]
 		for _, p := range db.facts.policies {
@@ -232,5 +232,6 @@ func (g *guardRegistry) newSessionGuard(db *dbGuard) *sessionGuard {
 		portals:        make(map[string]*boundPortal),
 		changers:       make(map[string]struct{}),
 		changerPortals: make(map[string]struct{}),
+		store:          newSessionStore(cfg, db.facts.policies, g.metrics, g.log),
 	}
 }

@@ -101,6 +101,10 @@ func resolveBlocking(s *session, db *dbGuard) (map[string]string, error) {
 // where the question disturbs nothing.
 func (s *session) resolveFirst(typ clientMsg, msg []byte) bool {
 	g := s.guard
+	if g.db == nil || g.db.resolveSQL == "" {
+		g.res.unsure = false // nothing to ask about (a session guard made by hand, in tests)
+		return false
+	}
 	if g.res.pending {
 		return true
 	}

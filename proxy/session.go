@@ -319,6 +319,9 @@ func (s *session) relay() error {
 	}
 	<-s.relayDone
 	s.unreserve()
+	if s.guard != nil && s.guard.store != nil {
+		s.guard.store.close() // the loop is done with the session
+	}
 	if q := s.own; q != nil {
 		// The loop is done with the session: end its question, so a
 		// discovery it had claimed goes to the next session.

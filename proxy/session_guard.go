@@ -30,6 +30,8 @@ type sessionGuard struct {
 	// executed (SET search_path, set_config ... prepared by the client).
 	changers       map[string]struct{}
 	changerPortals map[string]struct{}
+
+	store *versionStore // tracked mode: the versions this session read; nil when no table is tracked
 }
 
 // prepared is a guarded prepared statement (protocol or SQL level: they
@@ -38,6 +40,7 @@ type prepared struct {
 	plan           *rewrite.Statement
 	oids           []uint32 // parameter types given by the client, for decoding binary values
 	quietWhenEmpty bool     // a run that affects no row writes nothing (see syncAhead)
+	injected       bool     // tracked mode: prepared with the injected version parameter
 }
 
 // boundPortal is a portal bound to a guarded statement.
@@ -45,7 +48,9 @@ type boundPortal struct {
 	stmt           *rewrite.Statement
 	oids           []uint32
 	quietWhenEmpty bool
-	bind           []byte // the Bind message, for a checked statement
+	bind           []byte    // the Bind message, for a checked statement
+	run            *trackRun // tracked mode: this binding's run
+	described      bool      // its result formats are known (or need not be)
 }
 
 // staleDetail decodes the expected version and key values from the Bind.
@@ -109,7 +114,7 @@ func (g *sessionGuard) trackPrepared(plan *rewrite.Plan) {
 		st := &plan.Statements[i]
 		switch st.Kind {
 		case rewrite.KindPrepare:
-			if st.Inner != nil && st.Inner.Policy != nil {
+			if st.Inner != nil && (st.Inner.Policy != nil || g.store != nil && needsTracking(st.Inner)) {
 				g.stmts[st.PrepareName] = &prepared{plan: st.Inner}
 			} else {
 				delete(g.stmts, st.PrepareName)
@@ -126,6 +131,11 @@ func (g *sessionGuard) trackPrepared(plan *rewrite.Plan) {
 			if st.Discard == rewrite.DiscardAll { // DISCARD PLANS keeps prepared statements
 				clear(g.stmts)
 				clear(g.changers)
+				if g.store != nil {
+					// A pooler handing the connection to another
+					// client: what this one read is not the next one's.
+					g.store.forgetAll()
+				}
 			}
 		}
 	}
@@ -183,6 +193,13 @@ func (s *session) adoptGuard(db *dbGuard, gen int64) {
 		if old := s.guard; old != nil {
 			sg.stmts, sg.portals = old.stmts, old.portals
 			sg.changers, sg.changerPortals = old.changers, old.changerPortals
+			switch {
+			case old.store != nil && sg.store != nil:
+				old.store.scopes = sg.store.scopes
+				sg.store = old.store
+			case old.store != nil:
+				old.store.close() // no table is tracked any more
+			}
 		}
 		sg.res.unsure = true // the new names are asked before the next planned statement
 	}

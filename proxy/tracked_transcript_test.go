@@ -1,0 +1,213 @@
+package proxy
+
+import (
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+	"github.com/pgoptimist/pgoptimist/rewrite"
+)
+
+// Transcripts of tracked mode: hidden columns stripped from what the
+// client gets, versions captured, and injected into later writes.
+
+// trackedSession is testSession with public.address in tracked mode,
+// scope session.
+func trackedSession(t *testing.T) *session {
+	s := testSession(t)
+	pol := rewrite.Policy{Schema: "public", Table: "address", Column: "version", Type: rewrite.TypeInteger, Key: []string{"id"}, Update: true, Delete: true, Mode: rewrite.ModeTracked}
+	s.guard.rw = rewrite.New([]rewrite.Policy{pol}, rewrite.Options{Tracking: true})
+	s.guard.store = newVersionStore(10, s.srv.metrics, map[string]bool{"public.address": true})
+	return s
+}
+
+func runTracked(t *testing.T, cases map[string]transcript) {
+	for name, tr := range cases {
+		t.Run(name, func(t *testing.T) {
+			t.Run("whole", func(t *testing.T) { tr.play(t, trackedSession(t), feedWhole) })
+			t.Run("bytewise", func(t *testing.T) { tr.play(t, trackedSession(t), feedBytewise) })
+		})
+	}
+}
+
+// planned is what the rewriter makes of sql in tracked mode.
+func planned(t *testing.T, sql string) *rewrite.Statement {
+	pol := rewrite.Policy{Schema: "public", Table: "address", Column: "version", Type: rewrite.TypeInteger, Key: []string{"id"}, Update: true, Delete: true, Mode: rewrite.ModeTracked}
+	p, err := rewrite.New([]rewrite.Policy{pol}, rewrite.Options{Tracking: true}).Plan(sql, "public")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &p.Statements[0]
+}
+
+func field(name string, oid uint32, attnum uint16, format int16) pgproto3.FieldDescription {
+	return pgproto3.FieldDescription{Name: []byte(name), TableOID: 16400, TableAttributeNumber: attnum, DataTypeOID: oid, DataTypeSize: 4, TypeModifier: -1, Format: format}
+}
+
+func rowDesc(fs ...pgproto3.FieldDescription) *pgproto3.RowDescription {
+	return &pgproto3.RowDescription{Fields: fs}
+}
+
+func dataRow(vals ...[]byte) *pgproto3.DataRow { return &pgproto3.DataRow{Values: vals} }
+
+func TestTranscriptTracked(t *testing.T) {
+	const read = "SELECT state FROM address WHERE id = 7"
+	readSent := planned(t, read).SQL
+	const write = "UPDATE address SET state = 'y' WHERE id = 7"
+	writeSent := planned(t, write).WithExpected("2")
+	state := field("state", 25, 3, 0)
+	hidden := []pgproto3.FieldDescription{field("pgoptimist_1", 23, 1, 0), field("pgoptimist_2", 23, 2, 0)}
+	readSimple := []step{
+		client(query(read)),
+		serverGets(query(readSent)),
+		server(rowDesc(state, hidden[0], hidden[1]), dataRow([]byte("x"), []byte("7"), []byte("2")), cc("SELECT 1"), ready('I')),
+		clientGets(rowDesc(state), dataRow([]byte("x")), cc("SELECT 1"), ready('I')),
+	}
+	// Binary results: the proxy asks for the formats with a Describe of
+	// its own before the first Execute, and decodes the binary version.
+	bin := func(f pgproto3.FieldDescription) pgproto3.FieldDescription { f.Format = 1; return f }
+	readBinary := []step{
+		client(parse("r", read), &pgproto3.Bind{PreparedStatement: "r", ResultFormatCodes: []int16{1}}, execute(""), syncMsg),
+		serverGets(parse("r", readSent), &pgproto3.Bind{PreparedStatement: "r", ResultFormatCodes: []int16{1}}, &pgproto3.Describe{ObjectType: 'P'}, execute(""), syncMsg),
+		server(parseComplete, bindComplete, rowDesc(bin(state), bin(hidden[0]), bin(hidden[1])),
+			dataRow([]byte("x"), []byte{0, 0, 0, 7}, []byte{0, 0, 0, 2}), cc("SELECT 1"), ready('I')),
+		clientGets(parseComplete, bindComplete, dataRow([]byte("x")), cc("SELECT 1"), ready('I')),
+	}
+	writeStale := []step{
+		client(query(write)),
+		serverGets(query(writeSent)),
+		server(cc("UPDATE 0"), ready('I')),
+		clientGets(),
+		serverGets(staleQuery("2", "7")),
+		server(raised(staleError("expected version 2, current version 3 (id=7)")), ready('I')),
+		clientGets(relayed(staleError("expected version 2, current version 3 (id=7)")), ready('I')),
+	}
+	upd := planned(t, "UPDATE address SET state = $1 WHERE id = $2")
+	multi := "SELECT state FROM address WHERE id = 7; SELECT 1; SELECT state FROM address WHERE id = 8"
+	pol := rewrite.Policy{Schema: "public", Table: "address", Column: "version", Type: rewrite.TypeInteger, Key: []string{"id"}, Update: true, Delete: true, Mode: rewrite.ModeTracked}
+	multiPlan, err := rewrite.New([]rewrite.Policy{pol}, rewrite.Options{Tracking: true}).Plan(multi, "public")
+	if err != nil {
+		t.Fatal(err)
+	}
+	one := field("?column?", 23, 0, 0)
+	runTracked(t, map[string]transcript{
+		// Each result set belongs to one statement, in order.
+		"multi-statement": {
+			client(query(multi)),
+			serverGets(query(multiPlan.SQL)),
+			server(rowDesc(state, hidden[0], hidden[1]), dataRow([]byte("x"), []byte("7"), []byte("2")), cc("SELECT 1"),
+				rowDesc(one), dataRow([]byte("1")), cc("SELECT 1"),
+				rowDesc(state, hidden[0], hidden[1]), dataRow([]byte("z"), []byte("8"), []byte("5")), cc("SELECT 1"), ready('I')),
+			clientGets(rowDesc(state), dataRow([]byte("x")), cc("SELECT 1"), rowDesc(one), dataRow([]byte("1")), cc("SELECT 1"),
+				rowDesc(state), dataRow([]byte("z")), cc("SELECT 1"), ready('I')),
+			client(query("UPDATE address SET state = 'y' WHERE id = 8")),
+			serverGets(query(planned(t, "UPDATE address SET state = 'y' WHERE id = 8").WithExpected("5"))),
+			server(cc("UPDATE 1"), ready('I')),
+			clientGets(cc("UPDATE 1"), ready('I')),
+		},
+		// A write rolled back (here its implicit transaction fails at
+		// commit, a deferred constraint): the version it moved on to is
+		// undone, and the next write is checked against the one read.
+		"rollback undoes the own write": join(readSimple, []step{
+			client(query(write)),
+			serverGets(query(writeSent)),
+			server(cc("UPDATE 1"), checkViolation, ready('I')),
+			clientGets(cc("UPDATE 1"), checkViolation, ready('I')),
+		}, writeStale),
+		"simple read, then write checked": join(readSimple, writeStale),
+		"binary read, then write checked": join(readBinary, writeStale),
+		"never read: unchecked":           join(writeUnchecked(write, planned(t, write).SQL)),
+		"own write moves on": join(readSimple, []step{
+			client(query(write)),
+			serverGets(query(writeSent)),
+			server(cc("UPDATE 1"), ready('I')),
+			clientGets(cc("UPDATE 1"), ready('I')),
+			client(query(write)),
+			serverGets(query(planned(t, write).WithExpected("3"))),
+			server(cc("UPDATE 1"), ready('I')),
+			clientGets(cc("UPDATE 1"), ready('I')),
+		}),
+		// Extended protocol: the statement is prepared with one more
+		// parameter, typed by the server; a Bind gets the version read.
+		"extended write injected": together(readSimple, []step{
+			client(parse("u", "UPDATE address SET state = $1 WHERE id = $2"),
+				&pgproto3.Describe{ObjectType: 'S', Name: "u"}, syncMsg),
+			serverGets(&pgproto3.Parse{Name: "u", Query: upd.Inject.SQL, ParameterOIDs: []uint32{0, 0, 0}},
+				&pgproto3.Describe{ObjectType: 'S', Name: "u"}, syncMsg),
+			server(parseComplete, &pgproto3.ParameterDescription{ParameterOIDs: []uint32{25, 23, 23}}, noData, ready('I')),
+			clientGets(parseComplete, &pgproto3.ParameterDescription{ParameterOIDs: []uint32{25, 23}}, noData, ready('I')),
+			client(&pgproto3.Bind{PreparedStatement: "u", ParameterFormatCodes: []int16{0, 1}, Parameters: [][]byte{[]byte("y"), {0, 0, 0, 7}}}, execute(""), syncMsg),
+			serverGets(&pgproto3.Bind{PreparedStatement: "u", ParameterFormatCodes: []int16{0, 1, 0}, Parameters: [][]byte{[]byte("y"), {0, 0, 0, 7}, []byte("2")}}, execute(""), syncMsg),
+			server(bindComplete, cc("UPDATE 1"), ready('I')),
+			clientGets(bindComplete, cc("UPDATE 1"), ready('I')),
+			// Moved on to 3; all-binary formats are extended per parameter.
+			client(&pgproto3.Bind{PreparedStatement: "u", ParameterFormatCodes: []int16{1}, Parameters: [][]byte{[]byte("y"), {0, 0, 0, 7}}}, execute(""), syncMsg),
+			serverGets(&pgproto3.Bind{PreparedStatement: "u", ParameterFormatCodes: []int16{1, 1, 0}, Parameters: [][]byte{[]byte("y"), {0, 0, 0, 7}, []byte("3")}}, execute(""), syncMsg),
+			server(bindComplete, cc("UPDATE 1"), ready('I')),
+			clientGets(bindComplete, cc("UPDATE 1"), ready('I')),
+		}),
+	})
+}
+
+// writeUnchecked: a write of a row the session never read goes as planned
+// (incremented), with no version.
+func writeUnchecked(write, sent string) []step {
+	return []step{
+		client(query(write)),
+		serverGets(query(sent)),
+		server(cc("UPDATE 0"), ready('I')),
+		clientGets(cc("UPDATE 0"), ready('I')),
+	}
+}
+
+// TestTrackedDataRowAllocs: a DataRow of a tracked result is captured and
+// stripped without allocating once its row is remembered.
+func TestTrackedDataRowAllocs(t *testing.T) {
+	s := trackedSession(t)
+	run := &trackRun{st: planned(t, "SELECT state FROM address WHERE id = 7"), store: s.guard.store}
+	s.queue.push(pending{kind: pendQuery, track: &trackSet{runs: []*trackRun{run}}})
+	msg, _ := dataRow([]byte("x"), []byte("7"), []byte("2")).Encode(nil)
+	s.onTrackedDataRow(msg)
+	want, _ := dataRow([]byte("x")).Encode(nil)
+	if string(s.cout.data()) != string(want) {
+		t.Fatalf("stripped row %q, want %q", s.cout.data(), want)
+	}
+	if v, ok := s.guard.store.lookup("public.address\x007"); !ok || v != "2" {
+		t.Fatalf("remembered %q %v", v, ok)
+	}
+	allocs := testing.AllocsPerRun(100, func() {
+		s.cout.consume(s.cout.len())
+		s.onTrackedDataRow(msg)
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per row", allocs)
+	}
+}
+
+// TestTrackedCaptureChecksTable: a field the plan says is the tracked
+// table's key or version, but that the RowDescription says comes from
+// another table, is not captured: the next write goes unchecked rather
+// than against a guessed version.
+func TestTrackedCaptureChecksTable(t *testing.T) {
+	const read = "SELECT state FROM address WHERE id = 7"
+	const write = "UPDATE address SET state = 'y' WHERE id = 7"
+	state := field("state", 25, 3, 0)
+	hidden := []pgproto3.FieldDescription{field("pgoptimist_1", 23, 1, 0), field("pgoptimist_2", 23, 2, 0)}
+	tr := transcript{
+		client(query(read)),
+		serverGets(query(planned(t, read).SQL)),
+		server(rowDesc(state, hidden[0], hidden[1]), dataRow([]byte("x"), []byte("7"), []byte("2")), cc("SELECT 1"), ready('I')),
+		clientGets(rowDesc(state), dataRow([]byte("x")), cc("SELECT 1"), ready('I')),
+		client(query(write)),
+		serverGets(query(planned(t, write).SQL)),
+		server(cc("UPDATE 1"), ready('I')),
+		clientGets(cc("UPDATE 1"), ready('I')),
+	}
+	for name, oid := range map[string]uint32{"another table": 99999} {
+		t.Run(name, func(t *testing.T) {
+			s := trackedSession(t)
+			pol := rewrite.Policy{Schema: "public", Table: "address"}
+			s.guard.db = &dbGuard{facts: catalogFacts{oids: map[uint32]*rewrite.Policy{oid: &pol}}}
+			tr.play(t, s, feedWhole)
+		})
+	}
+}
