@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/pgoptimist/pgoptimist/config"
 )
 
@@ -96,4 +97,84 @@ INSERT INTO other (id) VALUES (1);`)
 	}
 	_, err = c.Exec(ctx, "UPDATE other SET n = 0 WHERE id = 1 AND version = 99")
 	wantCode(t, err, "VL409")
+}
+
+// TestPreparedStatementsFollowReload: statements a session prepared before
+// a reload (pgx's statement cache: later executions send only Bind and
+// Execute) are prepared again under the new policies at their next Bind.
+func TestPreparedStatementsFollowReload(t *testing.T) {
+	t.Parallel()
+	db := newDatabase(t, `
+CREATE TABLE ledger (id int PRIMARY KEY, version int NOT NULL DEFAULT 1, n int NOT NULL DEFAULT 0);
+CREATE TABLE other (id int PRIMARY KEY, version int NOT NULL DEFAULT 1, n int NOT NULL DEFAULT 0);
+INSERT INTO other (id) VALUES (1);`)
+	p := startProxy(t, newConfig(t, pg.Addr(), config.Table{Name: "public.ledger"}))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := connectMode(t, p.Addr, db, pgx.QueryExecModeCacheStatement)
+	const bump = "UPDATE other SET n = n + 1 WHERE id = $1"
+	const checked = "UPDATE other SET n = 0 WHERE id = $1 AND version = $2"
+	if _, err := c.Exec(ctx, bump, 1); err != nil {
+		t.Fatal(err)
+	}
+	if tag, err := c.Exec(ctx, checked, 1, 99); err != nil || tag.RowsAffected() != 0 {
+		t.Fatalf("unguarded stale write: %v %v", tag, err)
+	}
+	d := direct(t, db)
+	if v := version(t, d, "other", 1); v != 1 {
+		t.Fatalf("other is not guarded yet, but its version is %d", v)
+	}
+	if err := p.Srv.Reload(newConfig(t, pg.Addr(), config.Table{Name: "public.ledger"}, config.Table{Name: "public.other"})); err != nil {
+		t.Fatal(err)
+	}
+	// The same texts: pgx binds the statements it prepared before.
+	if _, err := c.Exec(ctx, bump, 1); err != nil {
+		t.Fatal(err)
+	}
+	if v := version(t, d, "other", 1); v != 2 {
+		t.Errorf("a statement prepared before the reload left other at version %d, want 2", v)
+	}
+	_, err := c.Exec(ctx, checked, 1, 99)
+	wantCode(t, err, "VL409")
+}
+
+// TestPreparedStatementsFollowSearchPath: a statement prepared while
+// "address" meant the guarded public.address, bound again after SET
+// search_path made it mean app.address: PostgreSQL re-plans it for
+// app.address, and the proxy prepares it again unguarded (its guarded text
+// would name a version column app.address does not have).
+func TestPreparedStatementsFollowSearchPath(t *testing.T) {
+	t.Parallel()
+	db := newDatabase(t, pathSetup)
+	p := guardedProxy(t, config.Table{Name: "public.address"})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c := connectMode(t, p.Addr, db, pgx.QueryExecModeCacheStatement)
+	d := direct(t, db)
+	const upd = "UPDATE address SET county = $1 WHERE id = $2"
+	if _, err := c.Exec(ctx, upd, "p1", 1); err != nil {
+		t.Fatal(err)
+	}
+	if v := version(t, d, "address", 1); v != 2 {
+		t.Fatalf("public.address version %d after a guarded write, want 2", v)
+	}
+	if _, err := c.Exec(ctx, "SET search_path TO app, public"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, upd, "a1", 1); err != nil {
+		t.Fatalf("the prepared statement after SET search_path: %v", err)
+	}
+	var county string
+	if err := d.QueryRow(ctx, "SELECT county FROM app.address WHERE id = 1").Scan(&county); err != nil || county != "a1" {
+		t.Errorf("app.address county %q (%v), want a1", county, err)
+	}
+	if _, err := c.Exec(ctx, "RESET search_path"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Exec(ctx, upd, "p2", 1); err != nil {
+		t.Fatal(err)
+	}
+	if v := version(t, d, "address", 1); v != 3 {
+		t.Errorf("public.address version %d after the path was reset, want 3 (guarded again)", v)
+	}
 }

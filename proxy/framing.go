@@ -39,7 +39,7 @@ func (s *session) processClient() {
 			return
 		}
 		typ := clientMsg(b)
-		if (typ == msgQuery || typ == msgParse) && s.idle() && s.srv.guards.generation() != s.guardGen {
+		if (typ == msgQuery || typ == msgParse || typ == msgBind) && s.idle() && s.srv.guards.generation() != s.guardGen {
 			// A reload came while the session was idle: its first
 			// statement after it follows the new policies.
 			if s.followReload(); s.own != nil {
@@ -55,7 +55,7 @@ func (s *session) processClient() {
 				s.cPass = total
 				continue
 			}
-			if g.res.unsure && (typ == msgQuery || typ == msgParse) {
+			if g.res.unsure && (typ == msgQuery || typ == msgParse || typ == msgBind && len(g.texts) > 0) {
 				if len(d) < total || s.resolveFirst(typ, d[:total]) {
 					return // the rest has not arrived, or the server is asked first
 				}
@@ -158,11 +158,11 @@ func (s *session) wantWhole(typ clientMsg) bool {
 		// Also while guarded portals exist: a Bind of an unguarded
 		// statement to such a portal's name must clear its entry, or its
 		// next Execute would be checked (a false stale error).
-		return len(g.stmts) > 0 || len(g.portals) > 0 || len(g.changers) > 0 || len(g.changerPortals) > 0
+		return len(g.stmts) > 0 || len(g.portals) > 0 || len(g.changers) > 0 || len(g.changerPortals) > 0 || len(g.staleTexts) > 0
 	case msgExecute:
 		return len(g.portals) > 0 || len(g.changerPortals) > 0
 	case msgClose:
-		return len(g.stmts) > 0 || len(g.portals) > 0 || len(g.changers) > 0 || len(g.changerPortals) > 0
+		return len(g.stmts) > 0 || len(g.portals) > 0 || len(g.changers) > 0 || len(g.changerPortals) > 0 || len(g.texts) > 0
 	case msgDescribe:
 		return g.store != nil && (len(g.stmts) > 0 || len(g.portals) > 0)
 	}

@@ -351,24 +351,39 @@ func (s *session) onParse(msg []byte) error {
 	} else if len(g.changers) > 0 {
 		delete(g.changers, unsafeString(name))
 	}
+	s.queue.push(pending{kind: pendParse})
+	sql, sendTail, asIs := s.planParse(name, query, tail, nOids)
+	if asIs {
+		s.sout.append(msg...)
+	} else {
+		s.appendParse(name, sql, sendTail)
+	}
+	if len(name) > 0 {
+		g.rememberText(name, query, tail, sql, asIs)
+	}
+	return nil
+}
+
+// planParse plans a statement being prepared under name and records what
+// the guard must know of it. It says what the server must be sent: the
+// text as the client wrote it (asIs), or sql with the parameter types
+// sendTail.
+func (s *session) planParse(name, query, tail []byte, nOids int) (sql string, sendTail []byte, asIs bool) {
+	g := s.guard
 	prev := g.stmts[unsafeString(name)]
 	if prev != nil {
 		delete(g.stmts, unsafeString(name))
 	}
-	s.queue.push(pending{kind: pendParse})
 	if !g.rw.NeedsPlan(unsafeString(query)) {
-		s.sout.append(msg...)
-		return nil
+		return "", nil, true
 	}
 	plan, reject := g.plan(unsafeString(query)) // the rewriter copies what it keeps
 	if plan == nil && reject != "" {
 		// Prepare the refusal in its place: executing it raises the error.
-		s.appendParse(name, reject, []byte{0, 0})
-		return nil
+		return reject, []byte{0, 0}, false
 	}
 	if plan == nil || len(plan.Statements) != 1 {
-		s.sout.append(msg...)
-		return nil
+		return "", nil, true
 	}
 	st := &plan.Statements[0]
 	if st.Policy != nil || g.store != nil && needsTracking(st) {
@@ -388,17 +403,48 @@ func (s *session) onParse(msg []byte) error {
 		if e.injected {
 			// Prepared with the injected parameter, typed by the server.
 			s.srv.metrics.rewritten.Add(1)
-			s.appendParse(name, st.Inject.SQL, injectTail(tail, st.Inject.Param))
-			return nil
+			return st.Inject.SQL, injectTail(tail, st.Inject.Param), false
 		}
 	}
 	if !plan.Changed {
-		s.sout.append(msg...)
-		return nil
+		return "", nil, true
 	}
 	s.srv.metrics.rewritten.Add(1)
-	s.appendParse(name, plan.SQL, tail)
-	return nil
+	return plan.SQL, tail, false
+}
+
+// replanAtBind prepares a named statement again before it is bound, when it
+// was prepared under plans that may be wrong now (a reload changed the
+// policies, or the session's names resolve elsewhere: PostgreSQL itself
+// re-plans a prepared statement whose search_path changed). The proxy does
+// it only when what the server must hold differs, and only where nothing
+// is in flight and the transaction is not failed (a failed Parse after the
+// Close would lose the client's statement); otherwise it tries again at
+// the next Bind.
+func (s *session) replanAtBind(name []byte) {
+	g := s.guard
+	t := g.texts[unsafeString(name)]
+	if t == nil {
+		delete(g.staleTexts, unsafeString(name))
+		return
+	}
+	if s.queue.len() > 0 || s.txStatus == txFailed {
+		return
+	}
+	delete(g.staleTexts, t.name)
+	sql, sendTail, asIs := s.planParse(name, []byte(t.query), t.tail, (len(t.tail)-2)/4)
+	if asIs {
+		sql, sendTail = t.query, t.tail
+	}
+	t.epoch = g.epoch
+	if sql == t.sent {
+		return
+	}
+	t.sent = sql
+	s.queue.push(pending{kind: pendClose, answer: answerProxy})
+	s.queue.push(pending{kind: pendParse, answer: answerProxy})
+	_ = s.send(&pgproto3.Close{ObjectType: targetStatement, Name: t.name})
+	s.appendParse(name, sql, sendTail)
 }
 
 // appendParse writes a Parse message for the server: the client's name and
@@ -411,12 +457,17 @@ func (s *session) appendParse(name []byte, sql string, tail []byte) {
 // the stale error's detail needs.
 func (s *session) onBind(msg []byte) error {
 	g := s.guard
-	s.queue.push(pending{kind: pendBind})
 	portal, rest, ok := cstringBytes(frameBody(msg))
 	var stmtName []byte
 	if ok {
 		stmtName, rest, ok = cstringBytes(rest)
 	}
+	if ok && len(g.staleTexts) > 0 {
+		if _, stale := g.staleTexts[unsafeString(stmtName)]; stale {
+			s.replanAtBind(stmtName)
+		}
+	}
+	s.queue.push(pending{kind: pendBind})
 	if !ok {
 		return protoErrorf("Bind: missing string terminator")
 	}
@@ -592,6 +643,7 @@ func (s *session) onClose(msg []byte) error {
 			case targetStatement:
 				delete(s.guard.stmts, unsafeString(name))
 				delete(s.guard.changers, unsafeString(name))
+				s.guard.forgetText(unsafeString(name))
 			case targetPortal:
 				delete(s.guard.portals, unsafeString(name))
 				delete(s.guard.changerPortals, unsafeString(name))

@@ -108,7 +108,19 @@ func (s *session) resolveFirst(typ clientMsg, msg []byte) bool {
 	if g.res.pending {
 		return true
 	}
-	sql, ok := statementText(typ, msg)
+	var sql []byte
+	ok := false
+	if typ == msgBind {
+		// A statement prepared earlier, bound again: it is prepared
+		// anew if its names now resolve elsewhere (replanAtBind).
+		if name, ok2 := boundStatement(msg); ok2 {
+			if t := g.texts[unsafeString(name)]; t != nil {
+				sql, ok = unsafeBytes(t.query), true
+			}
+		}
+	} else {
+		sql, ok = statementText(typ, msg)
+	}
 	if !ok || !g.rw.NeedsPlan(unsafeString(sql)) {
 		return false // not planned: nothing to resolve (a malformed frame fails later)
 	}
@@ -139,7 +151,14 @@ func (s *session) onResolution(values [][]byte) error {
 	if err != nil {
 		return err
 	}
-	s.guard.res.path = rewrite.ExactPath(names)
+	if path := rewrite.ExactPath(names); path != s.guard.res.path {
+		if s.guard.res.path != "" {
+			// Statements prepared under the old answer may reach other
+			// tables now, as PostgreSQL re-plans them.
+			s.guard.plansMayBeWrong()
+		}
+		s.guard.res.path = path
+	}
 	s.guard.res.unsure = false
 	return nil
 }
@@ -171,4 +190,14 @@ func statementText(typ clientMsg, msg []byte) ([]byte, bool) {
 	}
 	sql, _, ok := cstringBytes(body)
 	return sql, ok
+}
+
+// boundStatement is the statement name of a whole Bind frame.
+func boundStatement(msg []byte) ([]byte, bool) {
+	_, rest, ok := cstringBytes(frameBody(msg))
+	if !ok {
+		return nil, false
+	}
+	name, _, ok := cstringBytes(rest)
+	return name, ok
 }

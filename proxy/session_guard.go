@@ -32,6 +32,80 @@ type sessionGuard struct {
 	changerPortals map[string]struct{}
 
 	store *versionStore // tracked mode: the versions this session read; nil when no table is tracked
+
+	// The texts of the named statements the session prepared, so that one
+	// prepared under plans that may be wrong now is prepared again when
+	// it is next bound (replanAtBind). epoch counts the changes that may
+	// make plans wrong (a reload, another resolution of the names);
+	// staleTexts are the names prepared before the last one.
+	texts      map[string]*preparedText
+	textBytes  int
+	epoch      int
+	staleTexts map[string]struct{}
+}
+
+// preparedText is a named statement as the client prepared it and as the
+// server holds it.
+type preparedText struct {
+	name  string
+	query string // the client's text
+	tail  []byte // the client's parameter types, as in its Parse
+	sent  string // the text the server was given
+	epoch int
+}
+
+// maxTextBytes bounds the statement texts one session keeps; statements
+// past it keep the plan they were prepared under.
+const maxTextBytes = 1 << 20
+
+// rememberText keeps a named statement's text (asIs: the server got it as
+// written; otherwise it got sql).
+func (g *sessionGuard) rememberText(name, query, tail []byte, sql string, asIs bool) {
+	g.forgetText(unsafeString(name))
+	if g.texts == nil {
+		g.texts = make(map[string]*preparedText)
+	}
+	if g.textBytes+len(query)+len(sql) > maxTextBytes {
+		return
+	}
+	t := &preparedText{name: string(name), query: string(query), tail: append([]byte(nil), tail...), epoch: g.epoch}
+	t.sent = t.query
+	if !asIs {
+		t.sent = sql
+	}
+	g.texts[t.name] = t
+	g.textBytes += len(t.query) + len(t.sent)
+}
+
+// forgetTexts drops every statement text (DEALLOCATE ALL, DISCARD ALL).
+func (g *sessionGuard) forgetTexts() {
+	clear(g.texts)
+	clear(g.staleTexts)
+	g.textBytes = 0
+}
+
+// forgetText drops what is known of a named statement's text.
+func (g *sessionGuard) forgetText(name string) {
+	if t := g.texts[name]; t != nil {
+		g.textBytes -= len(t.query) + len(t.sent)
+		delete(g.texts, name)
+	}
+	delete(g.staleTexts, name)
+}
+
+// plansMayBeWrong starts a new epoch: every named statement is prepared
+// again at its next Bind if its plan changed.
+func (g *sessionGuard) plansMayBeWrong() {
+	g.epoch++
+	if len(g.texts) == 0 {
+		return
+	}
+	if g.staleTexts == nil {
+		g.staleTexts = make(map[string]struct{}, len(g.texts))
+	}
+	for name := range g.texts {
+		g.staleTexts[name] = struct{}{}
+	}
 }
 
 // prepared is a guarded prepared statement (protocol or SQL level: they
@@ -123,14 +197,17 @@ func (g *sessionGuard) trackPrepared(plan *rewrite.Plan) {
 			if st.DeallocateAll {
 				clear(g.stmts)
 				clear(g.changers)
+				g.forgetTexts()
 			} else {
 				delete(g.stmts, st.DeallocateName)
 				delete(g.changers, st.DeallocateName)
+				g.forgetText(st.DeallocateName)
 			}
 		case rewrite.KindDiscard:
 			if st.Discard == rewrite.DiscardAll { // DISCARD PLANS keeps prepared statements
 				clear(g.stmts)
 				clear(g.changers)
+				g.forgetTexts()
 				if g.store != nil {
 					// A pooler handing the connection to another
 					// client: what this one read is not the next one's.
@@ -193,6 +270,8 @@ func (s *session) adoptGuard(db *dbGuard, gen int64) {
 		if old := s.guard; old != nil {
 			sg.stmts, sg.portals = old.stmts, old.portals
 			sg.changers, sg.changerPortals = old.changers, old.changerPortals
+			sg.texts, sg.textBytes, sg.epoch = old.texts, old.textBytes, old.epoch
+			sg.plansMayBeWrong()
 			switch {
 			case old.store != nil && sg.store != nil:
 				old.store.scopes = sg.store.scopes
