@@ -65,6 +65,12 @@ func TestStartupConnectionsLimited(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	// The silent ones hold their slots before any other connection comes.
+	for deadline := time.Now().Add(10 * time.Second); p.Srv.StartupConnections() < 3; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections logging in, want the 3 silent ones", p.Srv.StartupConnections())
+		}
+	}
 	// The fourth is refused at once, before anything is read from it (so
 	// in plain text even where TLS is required: a refusal under a flood
 	// costs no handshake). The silent ones are accepted first: retry until

@@ -71,3 +71,6 @@ func (t *logThrottle) allow(now time.Time) (bool, int) {
 
 // BufferedBytes is what the sessions hold of limits.max_buffered_bytes now.
 func (s *Server) BufferedBytes() int64 { return s.buffered.Used() }
+
+// StartupConnections is the number of connections still logging in.
+func (s *Server) StartupConnections() int64 { return s.startupSlots.n.Load() }
