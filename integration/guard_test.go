@@ -60,7 +60,7 @@ func version(t testing.TB, c *pgx.Conn, table string, id int64) int64 {
 	return v
 }
 
-// TestGuardReferenceScenario is DESIGN.md's scenario, in every pgx mode.
+// TestGuardReferenceScenario is the README's reference scenario (the lost update it prevents), in every pgx mode.
 func TestGuardReferenceScenario(t *testing.T) {
 	db := newDatabase(t, addressDDL)
 	p := guardedProxy(t, config.Table{Name: "public.address"})
