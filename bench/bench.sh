@@ -443,6 +443,47 @@ for ((r = 1; r <= ROUNDS; r++)); do
 	done
 done
 
+# start_vt_proxy NAME MODE: a pgoptimist guarding public.vt in MODE, as
+# target NAME (PORT[NAME]).
+start_vt_proxy() {
+	local name=$1 mode=$2
+	PORT[$name]=$(freeport)
+	cat >"$TMP/$name.yaml" <<YAML
+listen: 127.0.0.1:${PORT[$name]}
+upstream:
+  address: 127.0.0.1:$PGPORT_DIRECT
+  tls: disable
+log:
+  level: warn
+tables:
+  - name: public.vt
+    mode: $mode
+YAML
+	"$PGOPTIMIST" serve --config "$TMP/$name.yaml" >"$TMP/pgoptimist-$name.log" 2>&1 &
+	PIDS+=($!)
+	wait_port "$name" "$!" "${PORT[$name]}" "$TMP/pgoptimist-$name.log" || die "pgoptimist $name (mode $mode) did not start"
+}
+
+# script_run SECTION LABEL SCRIPT MODE TARGET ROUND RESULTS: one pgbench run
+# of a custom script, 8 clients; appends "LABEL TARGET TPS" to RESULTS, or
+# counts a failure.
+script_run() {
+	local section=$1 label=$2 script=$3 m=$4 t=$5 r=$6 results=$7 out tps=
+	out="$TMP/$section-$label-$t-$r.log"
+	if run_fg "$PGBENCH" -n -f "$script" -M "$m" -c 8 -j 2 -T "$DURATION" \
+		-h 127.0.0.1 -p "${PORT[$t]}" -U "$PGUSER_BENCH" "$DB" >"$out" 2>&1; then
+		tps=$(awk '/^tps = / { print $3; exit }' "$out")
+	fi
+	if [ -z "$tps" ] || grep -q "aborted" "$out"; then
+		FAILURES=$((FAILURES + 1))
+		log "$section run failed: $label $t round $r"
+		tail -n 15 "$out" >&2
+		return
+	fi
+	echo "$label $t $tps" >>"$results"
+	printf '[bench %s]   %s  %-15s %-10s round %d: tps %10.1f\n' "$(date +%H:%M:%S)" "$section" "$label" "$t" "$r" "$tps" >&2
+}
+
 # guarded_bench: the guarded-update workload. Every client reads a row's
 # version and updates the row with "AND version = :version", on rows of its
 # own (no conflicts, so pgbench never aborts), through pgoptimist with the
@@ -465,39 +506,13 @@ guarded_bench() {
 SELECT version FROM vt WHERE id = :id \gset
 UPDATE vt SET n = n + 1 WHERE id = :id AND version = :version;
 SQL
-	PORT[guarded]=$(freeport)
-	cat >"$TMP/guarded.yaml" <<YAML
-listen: 127.0.0.1:${PORT[guarded]}
-upstream:
-  address: 127.0.0.1:$PGPORT_DIRECT
-  tls: disable
-log:
-  level: warn
-tables:
-  - name: public.vt
-YAML
-	"$PGOPTIMIST" serve --config "$TMP/guarded.yaml" >"$TMP/pgoptimist-guarded.log" 2>&1 &
-	PIDS+=($!)
-	wait_port guarded "$!" "${PORT[guarded]}" "$TMP/pgoptimist-guarded.log" || die "guarded pgoptimist did not start"
+	start_vt_proxy guarded explicit
 	: >"$GUARDED_RESULTS"
-	local r m t out tps
+	local r m t
 	for ((r = 1; r <= ROUNDS; r++)); do
 		for m in simple extended; do
 			for t in pgoptimist guarded; do
-				out="$TMP/guarded-$m-$t-$r.log"
-				tps=
-				if run_fg "$PGBENCH" -n -f "$TMP/guarded.sql" -M "$m" -c 8 -j 2 -T "$DURATION" \
-					-h 127.0.0.1 -p "${PORT[$t]}" -U "$PGUSER_BENCH" "$DB" >"$out" 2>&1; then
-					tps=$(awk '/^tps = / { print $3; exit }' "$out")
-				fi
-				if [ -z "$tps" ] || grep -q "aborted" "$out"; then
-					FAILURES=$((FAILURES + 1))
-					log "guarded run failed: $m $t round $r"
-					tail -n 15 "$out" >&2
-					continue
-				fi
-				echo "$m $t $tps" >>"$GUARDED_RESULTS"
-				printf '[bench %s]   g  %-8s %-10s round %d: tps %10.1f\n' "$(date +%H:%M:%S)" "$m" "$t" "$r" "$tps" >&2
+				script_run g "$m" "$TMP/guarded.sql" "$m" "$t" "$r" "$GUARDED_RESULTS"
 			done
 		done
 	done
@@ -536,45 +551,15 @@ SELECT n FROM vt WHERE id = :id \gset
 UPDATE vt SET n = :n + 1 WHERE id = :id;
 COMMIT;
 SQL
-	local mode
-	for mode in tracked observe; do
-		PORT[$mode]=$(freeport)
-		cat >"$TMP/$mode.yaml" <<YAML
-listen: 127.0.0.1:${PORT[$mode]}
-upstream:
-  address: 127.0.0.1:$PGPORT_DIRECT
-  tls: disable
-log:
-  level: warn
-tables:
-  - name: public.vt
-    mode: $mode
-YAML
-		"$PGOPTIMIST" serve --config "$TMP/$mode.yaml" >"$TMP/pgoptimist-$mode.log" 2>&1 &
-		PIDS+=($!)
-		wait_port "$mode" "$!" "${PORT[$mode]}" "$TMP/pgoptimist-$mode.log" || die "pgoptimist in mode $mode did not start"
-	done
+	start_vt_proxy tracked tracked
+	start_vt_proxy observe observe
 	: >"$TRACKED_RESULTS"
-	local r w m t out tps
+	local r w t
 	for ((r = 1; r <= ROUNDS; r++)); do
 		for w in tread-simple tread-extended trmw-extended; do
-			m=${w#*-}
 			for t in pgoptimist tracked observe; do
 				[ "$w" != "trmw-extended" ] && [ "$t" = observe ] && continue
-				out="$TMP/tracked-$w-$t-$r.log"
-				tps=
-				if run_fg "$PGBENCH" -n -f "$TMP/${w%%-*}.sql" -M "$m" -c 8 -j 2 -T "$DURATION" \
-					-h 127.0.0.1 -p "${PORT[$t]}" -U "$PGUSER_BENCH" "$DB" >"$out" 2>&1; then
-					tps=$(awk '/^tps = / { print $3; exit }' "$out")
-				fi
-				if [ -z "$tps" ] || grep -q "aborted" "$out"; then
-					FAILURES=$((FAILURES + 1))
-					log "tracked run failed: $w $t round $r"
-					tail -n 15 "$out" >&2
-					continue
-				fi
-				echo "$w $t $tps" >>"$TRACKED_RESULTS"
-				printf '[bench %s]   h  %-15s %-10s round %d: tps %10.1f\n' "$(date +%H:%M:%S)" "$w" "$t" "$r" "$tps" >&2
+				script_run h "$w" "$TMP/${w%%-*}.sql" "${w#*-}" "$t" "$r" "$TRACKED_RESULTS"
 			done
 		done
 	done

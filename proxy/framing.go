@@ -39,7 +39,7 @@ func (s *session) processClient() {
 			return
 		}
 		typ := clientMsg(b)
-		if (typ == msgQuery || typ == msgParse || typ == msgBind) && s.idle() && s.srv.guards.generation() != s.guardGen {
+		if (typ == msgQuery || typ == msgParse || typ == msgBind) && s.srv.guards.generation() != s.guardGen && s.idle() {
 			// A reload came while the session was idle: its first
 			// statement after it follows the new policies.
 			if s.followReload(); s.own != nil {

@@ -61,8 +61,9 @@ func (s *session) onQuery(msg []byte) error {
 	if vs := s.guard.store; vs != nil {
 		vs.noteCommand(unsafeString(sql))
 	}
-	err := s.guardQuery(msg, sql)
-	if rewrite.MayChangeResolution(unsafeString(sql)) {
+	changes := rewrite.MayChangeResolution(unsafeString(sql))
+	err := s.guardQuery(msg, sql, changes)
+	if changes {
 		s.guard.res.changed()
 	}
 	return err
@@ -70,7 +71,8 @@ func (s *session) onQuery(msg []byte) error {
 
 // guardQuery sends a simple Query on, planned when it may touch a guarded
 // table, and checked or refused as its plan says.
-func (s *session) guardQuery(msg, sql []byte) error {
+// changes: the text may change name resolution (MayChangeResolution).
+func (s *session) guardQuery(msg, sql []byte, changes bool) error {
 	g := s.guard
 	delete(g.stmts, "") // a simple query replaces the unnamed statement
 	delete(g.changers, "")
@@ -89,7 +91,7 @@ func (s *session) guardQuery(msg, sql []byte) error {
 		s.sout.append(msg...)
 		return nil
 	}
-	if len(plan.Statements) > 1 && rewrite.MayChangeResolution(unsafeString(sql)) {
+	if len(plan.Statements) > 1 && changes {
 		// A statement of this query may change what the names of the
 		// statements after it resolve to: each of those is planned when
 		// its turn comes, after asking the server (continuePipeline).
