@@ -260,55 +260,16 @@ func (vs *versionStore) restore(from int) {
 // the steps since its savepoint. Noted when sent: a command that fails
 // aborts the transaction, whose end restores everything anyway.
 func (vs *versionStore) noteCommand(sql string) {
-	sql = strings.TrimSpace(sql)
-	sql = strings.TrimSpace(strings.TrimSuffix(sql, ";"))
-	if len(sql) < 8 || strings.ContainsAny(sql, ";-/") {
-		return
-	}
-	switch sql[0] {
-	case 's', 'S', 'r', 'R':
-	default:
-		return
-	}
-	w := strings.Fields(sql)
-	word := func(i int, s string) bool { return i < len(w) && strings.EqualFold(w[i], s) }
-	name := func(i int) string {
-		if i != len(w)-1 {
-			return ""
-		}
-		// Copied: sql is the client's buffer, reused after this call.
-		if n := w[i]; len(n) > 1 && n[0] == '"' && n[len(n)-1] == '"' {
-			return strings.Clone(strings.ReplaceAll(n[1:len(n)-1], `""`, `"`))
-		}
-		return strings.Clone(strings.ToLower(w[i]))
-	}
-	switch {
-	case word(0, "savepoint"):
-		if n := name(1); n != "" {
-			vs.undo = append(vs.undo, undoStep{mark: n})
-		}
-	case word(0, "rollback"):
-		i := 1
-		if word(i, "work") || word(i, "transaction") {
-			i++
-		}
-		if !word(i, "to") {
-			return
-		}
-		i++
-		if word(i, "savepoint") {
-			i++
-		}
-		vs.rollbackTo = name(i)
-	case word(0, "release"):
-		i := 1
-		if word(i, "savepoint") {
-			i++
-		}
+	op, n := rewrite.Savepoint(sql)
+	switch op {
+	case rewrite.SavepointSet:
+		vs.undo = append(vs.undo, undoStep{mark: n})
+	case rewrite.SavepointRollbackTo:
+		vs.rollbackTo = n
+	case rewrite.SavepointRelease:
 		// The savepoint (and those after it) is gone; its steps belong to
 		// the enclosing level now.
-		n := name(i)
-		for j := len(vs.undo) - 1; j >= 0 && n != ""; j-- {
+		for j := len(vs.undo) - 1; j >= 0; j-- {
 			if vs.undo[j].mark != n {
 				continue
 			}
