@@ -2,13 +2,18 @@ package integration
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"io"
 	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgoptimist/pgoptimist/config"
 )
@@ -93,5 +98,59 @@ func TestBufferedBudgetBoundsMemory(t *testing.T) {
 	startupQuery(t, r)
 	if used := p.Srv.BufferedBytes(); used != 0 {
 		t.Errorf("budget in use %d after the statement was handled", used)
+	}
+}
+
+// TestOversizedStatementsStreamed: in a guarded session under the default
+// on_parse_error: forward, statements longer than the parser takes are
+// copied through as they arrive instead of being held whole, in the simple
+// and the extended protocol: with a budget smaller than the statements,
+// they still run (held whole, they would end the session with 53200). A
+// guarded statement of more than 32767 parameters, which PostgreSQL takes
+// (the counts are unsigned), is checked like any other.
+func TestOversizedStatementsStreamed(t *testing.T) {
+	db := newDatabase(t, "CREATE TABLE address (id int PRIMARY KEY, version int NOT NULL DEFAULT 1); INSERT INTO address VALUES (1), (2), (3)")
+	cfg := newConfig(t, pg.Addr(), config.Table{Name: "public.address"})
+	cfg.Limits.MaxBufferedBytes = cfg.Limits.MaxSQLBytes
+	p := startProxy(t, cfg)
+	long := "SELECT length('" + strings.Repeat("x", 3<<20) + "'::text) AS n"
+	for i, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeCacheStatement, pgx.QueryExecModeExec} {
+		id := i + 1
+		t.Run(mode.String(), func(t *testing.T) {
+			ctx := context.Background()
+			c := connectMode(t, p.Addr, db, mode)
+			// A guarded statement first, so the session decodes what follows.
+			if _, err := c.Exec(ctx, "UPDATE address SET id = id WHERE id = $1 AND version = 1", id); err != nil {
+				t.Fatal(err)
+			}
+			var n int
+			if err := c.QueryRow(ctx, long).Scan(&n); err != nil || n != 3<<20 {
+				t.Fatalf("oversized statement: n = %d, err %v", n, err)
+			}
+			if mode == pgx.QueryExecModeSimpleProtocol {
+				return
+			}
+			// A guarded statement of more than 32767 parameters.
+			const many = 40000
+			args := []any{id, 2}
+			var b strings.Builder
+			b.WriteString("UPDATE address SET id = id WHERE id = $1 AND version = $2 AND 0 <> ALL (ARRAY[")
+			for i := 3; i <= many; i++ {
+				args = append(args, i)
+				if i > 3 {
+					b.WriteByte(',')
+				}
+				fmt.Fprintf(&b, "$%d::int", i)
+			}
+			b.WriteString("])")
+			if tag, err := c.Exec(ctx, b.String(), args...); err != nil || tag.RowsAffected() != 1 {
+				t.Fatalf("guarded write of %d parameters: %q, %v", many, tag, err)
+			}
+			// The session is still guarded.
+			tag, err := c.Exec(ctx, "UPDATE address SET id = id WHERE id = $1 AND version = 2", id)
+			if pe := (*pgconn.PgError)(nil); !errors.As(err, &pe) || pe.Code != "VL409" {
+				t.Fatalf("stale write answered %q, %v; want VL409", tag, err)
+			}
+		})
 	}
 }

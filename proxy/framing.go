@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 )
@@ -54,6 +55,19 @@ func (s *session) processClient() {
 				s.streamQuery()
 				s.cPass = total
 				continue
+			}
+			if typ == msgParse && total-headerLen > s.cfg.Limits.MaxSQLBytes && g.onParseError == "forward" {
+				name, oversized, wait := oversizedParse(d, total, s.cfg.Limits.MaxSQLBytes)
+				if wait {
+					return // its name has not arrived
+				}
+				if oversized {
+					// Likewise for a statement being prepared.
+					s.noteBatch(typ)
+					s.streamParse(name)
+					s.cPass = total
+					continue
+				}
 			}
 			if g.res.unsure && (typ == msgQuery || typ == msgParse || typ == msgBind && len(g.texts) > 0) {
 				if len(d) < total || s.resolveFirst(typ, d[:total]) {
@@ -125,6 +139,41 @@ func (s *session) streamQuery() {
 	delete(g.changers, "")
 	g.res.changed()
 	s.inBatch = false
+}
+
+// maxParams is the most parameters a Parse or Bind can carry (a 16-bit
+// count, unsigned, as PostgreSQL reads it).
+const maxParams = 1<<16 - 1
+
+// oversizedParse looks at the start of a Parse frame of total bytes, d from
+// its first byte on. oversized: its statement text is longer than maxSQL
+// (the most the parser takes) whatever parameter types follow it; name is
+// then the statement's name. wait: the name has not arrived yet. A name
+// longer than the relay's own buffer is left to the whole-frame path,
+// which the budget bounds.
+func oversizedParse(d []byte, total, maxSQL int) (name []byte, oversized, wait bool) {
+	body := d[headerLen:min(len(d), total)]
+	i := bytes.IndexByte(body, 0)
+	if i < 0 {
+		return nil, false, len(d) < total && len(body) < highWater
+	}
+	// After the name: the text, its terminator, the count of parameter
+	// types and at most maxParams of them.
+	shortest := total - headerLen - (i + 1) - 1 - 2 - 4*maxParams
+	return body[:i], shortest > maxSQL, false
+}
+
+// streamParse records a Parse copied through unread, as streamQuery does a
+// simple query: the statement it prepares is not guarded (the parser would
+// not take its text), and it is assumed to change name resolution each time
+// it runs.
+func (s *session) streamParse(name []byte) {
+	g := s.guard
+	s.queue.push(pending{kind: pendParse})
+	delete(g.stmts, string(name))
+	g.changers[string(name)] = struct{}{}
+	g.res.changed()
+	g.forgetText(string(name))
 }
 
 // idle reports whether nothing is in flight and no transaction or batch is

@@ -341,8 +341,8 @@ func (s *session) onParse(msg []byte) error {
 	if !ok || len(tail) < 2 {
 		return protoErrorf("Parse: malformed message")
 	}
-	nOids := int(int16(binary.BigEndian.Uint16(tail)))
-	if nOids < 0 || len(tail) != 2+4*nOids {
+	nOids := int(binary.BigEndian.Uint16(tail)) // unsigned, as PostgreSQL reads it
+	if len(tail) != 2+4*nOids {
 		return protoErrorf("Parse: malformed parameter types")
 	}
 	g := s.guard
@@ -520,9 +520,9 @@ func validBind(b []byte) bool {
 		if len(b) < 2 {
 			return 0, false
 		}
-		v := int(int16(binary.BigEndian.Uint16(b)))
+		v := int(binary.BigEndian.Uint16(b)) // unsigned, as PostgreSQL reads it
 		b = b[2:]
-		return v, v >= 0
+		return v, true
 	}
 	nf, ok := n16()
 	if !ok || len(b) < 2*nf {

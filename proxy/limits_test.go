@@ -101,3 +101,88 @@ func TestOversizedQueryStreamed(t *testing.T) {
 		t.Fatalf("forwarded %d of %d bytes, %d requests queued", s.sout.len(), len(big), s.queue.len())
 	}
 }
+
+// TestOversizedParseStreamed: under on_parse_error: forward, a Parse whose
+// text is longer than the parser takes is copied through as it arrives
+// (only its name is read), replaces a guarded statement of the same name,
+// and is assumed to change name resolution.
+func TestOversizedParseStreamed(t *testing.T) {
+	s := testSession(t)
+	s.cfg.Limits.MaxMessageBytes = 4 << 20
+	s.cfg.Limits.MaxSQLBytes = 1 << 10
+	s.cfg.Limits.MaxBufferedBytes = 1 << 10
+	guarded := frames(&pgproto3.Parse{Query: "UPDATE address SET state = 'x' WHERE id = 1 AND version = 1"})
+	s.cin.append(guarded...)
+	s.processClient()
+	if s.guard.stmts[""] == nil {
+		t.Fatal("the guarded statement was not recorded")
+	}
+	s.sout.consume(s.sout.len())
+	big := frames(&pgproto3.Parse{Query: "UPDATE address SET state = '" + string(bytes.Repeat([]byte{'x'}, 600<<10)) + "' WHERE id = 1 AND version = 1"})
+	s.cin.append(big[:1000]...)
+	s.processClient()
+	if s.ending || s.sout.len() != 1000 || s.srv.buffered.Used() != 0 {
+		t.Fatalf("first piece: ending %v, forwarded %d bytes, budget %d", s.ending, s.sout.len(), s.srv.buffered.Used())
+	}
+	s.cin.append(big[1000:]...)
+	s.processClient()
+	if !bytes.Equal(s.sout.data(), big) || s.queue.len() != 2 {
+		t.Fatalf("forwarded %d of %d bytes, %d requests queued", s.sout.len(), len(big), s.queue.len())
+	}
+	if s.guard.stmts[""] != nil || !s.guard.res.unsure {
+		t.Fatalf("after the streamed Parse: guarded statement %v, resolution unsure %v", s.guard.stmts[""] != nil, s.guard.res.unsure)
+	}
+	if _, ok := s.guard.changers[""]; !ok {
+		t.Fatal("the streamed statement is not assumed to change name resolution")
+	}
+}
+
+// TestOversizedParseNameFirst: the decision waits for the statement's name,
+// and a Parse that may still fit the parser once its parameter types are
+// counted is held whole as before.
+func TestOversizedParseNameFirst(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		text     int
+		streamed bool
+	}{
+		{"longer than the parser takes with any parameter types", 1<<10 + 4*maxParams + 1, true},
+		{"may fit once its parameter types are counted", 8 << 10, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := testSession(t)
+			s.cfg.Limits.MaxMessageBytes = 4 << 20
+			s.cfg.Limits.MaxSQLBytes = 1 << 10
+			s.cfg.Limits.MaxBufferedBytes = 4 << 20
+			big := frames(&pgproto3.Parse{Name: "s1", Query: "SELECT '" + string(bytes.Repeat([]byte{'x'}, tc.text)) + "'"})
+			s.cin.append(big[:headerLen+1]...) // the name is not whole yet
+			s.processClient()
+			if s.sout.len() != 0 || s.queue.len() != 0 {
+				t.Fatalf("forwarded %d bytes before the name arrived", s.sout.len())
+			}
+			s.cin.append(big[headerLen+1 : 4096]...)
+			s.processClient()
+			if streamed := s.sout.len() > 0; streamed != tc.streamed {
+				t.Fatalf("streamed %v (forwarded %d bytes), want %v", streamed, s.sout.len(), tc.streamed)
+			}
+			s.cin.append(big[4096:]...)
+			s.processClient()
+			if !bytes.Equal(s.sout.data(), big) || s.ending {
+				t.Fatalf("forwarded %d of %d bytes, ending %v", s.sout.len(), len(big), s.ending)
+			}
+		})
+	}
+}
+
+// TestParseManyParameterTypes: a guarded Parse may list up to 65535
+// parameter types, as PostgreSQL reads the count unsigned.
+func TestParseManyParameterTypes(t *testing.T) {
+	s := testSession(t)
+	s.cfg.Limits.MaxMessageBytes = 1 << 20
+	msg := frames(&pgproto3.Parse{Name: "u", Query: "UPDATE address SET state = $3 WHERE id = $1 AND version = $2", ParameterOIDs: make([]uint32, 40000)})
+	s.cin.append(msg...)
+	s.processClient()
+	if s.ending || s.guard.stmts["u"] == nil || len(s.guard.stmts["u"].oids) != 40000 {
+		t.Fatalf("ending %v, cout %q", s.ending, s.cout.data())
+	}
+}

@@ -117,9 +117,10 @@ func sqlOf(plan *rewrite.Plan, acts []action) string {
 
 // injectParse reports whether a statement is prepared with the injected
 // parameter: it has an injection and the client's parameter types leave
-// room for it.
+// room for it, and so does the protocol (a statement already using $65535
+// cannot take one more: it runs unchecked).
 func injectParse(st *rewrite.Statement, nOids int) bool {
-	return st.Inject != nil && nOids < st.Inject.Param
+	return st.Inject != nil && nOids < st.Inject.Param && st.Inject.Param <= maxParams
 }
 
 // injectTail is a Parse's parameter types padded with zeros (inferred by
