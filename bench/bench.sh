@@ -36,6 +36,8 @@
 #   TRACKED=0        skip the tracked/observe workloads (h, i)
 #   KEEP_LOGS=1      keep the temporary directory with all logs
 #   PGOPTIMIST=path  pgoptimist binary (default bin/pgoptimist)
+#   PGOPTIMIST_BASELINE=path  a second pgoptimist binary (an earlier build),
+#                    run as target "baseline" on the plain rows of the same run
 #
 # The pgoptimist target is skipped (with a warning) when bin/pgoptimist cannot
 # be built. Default runtime: 5 rounds x 3 workloads x 3 targets x 10s ~ 8 min.
@@ -56,6 +58,10 @@ TLS_WORKLOADS=${TLS_WORKLOADS:-"a c"}
 # TLS targets' sslmode.
 export PGSSLMODE=disable
 PGOPTIMIST_ARGS=${PGOPTIMIST_ARGS:-}
+# The plain rows compare plain connections on both legs: the server offers
+# TLS for the TLS rows, and pgoptimist's default upstream.tls (prefer) would
+# take it where PgBouncer (server_tls_sslmode=disable) does not.
+PLAIN_UPSTREAM_TLS=${PGOPTIMIST_UPSTREAM_TLS:-disable}
 DB=bench
 PGUSER_BENCH=postgres
 
@@ -313,11 +319,25 @@ if have_target pgoptimist; then
 	PORT[pgoptimist]=$(freeport)
 	log "starting pgoptimist on 127.0.0.1:${PORT[pgoptimist]}"
 	# shellcheck disable=SC2086 # PGOPTIMIST_ARGS is split on purpose
-	"$PGOPTIMIST" serve --listen "127.0.0.1:${PORT[pgoptimist]}" \
+	PGOPTIMIST_UPSTREAM_TLS=$PLAIN_UPSTREAM_TLS "$PGOPTIMIST" serve --listen "127.0.0.1:${PORT[pgoptimist]}" \
 		--upstream "127.0.0.1:$PGPORT_DIRECT" $PGOPTIMIST_ARGS >"$TMP/pgoptimist.log" 2>&1 &
 	PIDS+=($!)
 	PROC[pgoptimist]=$!
 	wait_port pgoptimist "$!" "${PORT[pgoptimist]}" "$TMP/pgoptimist.log" || die "pgoptimist did not start"
+fi
+# A second pgoptimist binary (PGOPTIMIST_BASELINE), configured the same way,
+# for before/after comparisons within one run: target "baseline".
+if [ -n "${PGOPTIMIST_BASELINE:-}" ]; then
+	[ -x "$PGOPTIMIST_BASELINE" ] || die "PGOPTIMIST_BASELINE=$PGOPTIMIST_BASELINE is not an executable"
+	PORT[baseline]=$(freeport)
+	log "starting the baseline pgoptimist ($PGOPTIMIST_BASELINE) on 127.0.0.1:${PORT[baseline]}"
+	# shellcheck disable=SC2086 # PGOPTIMIST_ARGS is split on purpose
+	PGOPTIMIST_UPSTREAM_TLS=$PLAIN_UPSTREAM_TLS "$PGOPTIMIST_BASELINE" serve --listen "127.0.0.1:${PORT[baseline]}" \
+		--upstream "127.0.0.1:$PGPORT_DIRECT" $PGOPTIMIST_ARGS >"$TMP/baseline.log" 2>&1 &
+	PIDS+=($!)
+	PROC[baseline]=$!
+	wait_port baseline "$!" "${PORT[baseline]}" "$TMP/baseline.log" || die "the baseline pgoptimist did not start"
+	TARGETS="$TARGETS baseline"
 fi
 if have_tls_target pgoptimist; then
 	PORT[pgoptimist-tls]=$(freeport)
