@@ -426,6 +426,11 @@ func (pl *planner) observeWrite(st *Statement, t target, where *(*pg.Node), join
 		st.Notes = append(st.Notes, "observe: the explicit version predicate checks the write: not compared")
 		return false
 	case st.Kind == KindUpdate && pol.Type == TypeInteger && st.Incremented:
+		// Kept rather than unified with the setting: version + 1 is
+		// computed on the very row written (joined or re-checked alike),
+		// so it is exact where the setting is not (joins) and costs
+		// nothing per row. An upsert cannot use it: an inserted row's
+		// version minus 1 is no version it wrote over.
 		st.WrittenOver = WrittenOverIncrement
 		st.Notes = append(st.Notes, "observe: the version written over is the new version - 1")
 		return false
