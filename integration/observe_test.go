@@ -6,6 +6,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/pgoptimist/pgoptimist/config"
@@ -289,5 +290,6 @@ func waitForLock(t *testing.T, db, table string) {
 		if waiting {
 			return
 		}
+		time.Sleep(10 * time.Millisecond) // poll gently
 	}
 }
