@@ -23,6 +23,9 @@ import (
 type guardRegistry struct {
 	log     *slog.Logger
 	metrics *Metrics
+	// lostUpdateLog: observe mode logs at most one lost update a second
+	// (each line says how many it left out); the metric counts them all.
+	lostUpdateLog logThrottle
 
 	gen atomic.Int64 // the configuration generation; read at every idle point
 
@@ -32,7 +35,7 @@ type guardRegistry struct {
 }
 
 func newGuardRegistry(log *slog.Logger, m *Metrics) *guardRegistry {
-	return &guardRegistry{log: log, metrics: m, dbs: make(map[string]*dbGuard)}
+	return &guardRegistry{log: log, metrics: m, dbs: make(map[string]*dbGuard), lostUpdateLog: logThrottle{interval: time.Second}}
 }
 
 func (g *guardRegistry) setConfig(cfg *config.Config) {
@@ -232,6 +235,6 @@ func (g *guardRegistry) newSessionGuard(db *dbGuard) *sessionGuard {
 		portals:        make(map[string]*boundPortal),
 		changers:       make(map[string]struct{}),
 		changerPortals: make(map[string]struct{}),
-		store:          newSessionStore(cfg, db.facts.policies, g.metrics, g.log),
+		store:          newSessionStore(cfg, db.facts.policies, g.metrics, g.log, &g.lostUpdateLog),
 	}
 }

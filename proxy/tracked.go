@@ -4,7 +4,6 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/pgoptimist/pgoptimist/config"
@@ -55,6 +54,7 @@ type versionStore struct {
 	failed     bool            // an error was reported since the last ReadyForQuery
 	keyBuf     []byte
 	log        *slog.Logger // observe mode's lost updates
+	logLimit   *logThrottle // their lines, shared by the server's sessions
 }
 
 func newVersionStore(cap int, m *Metrics, scopes map[string]bool) *versionStore {
@@ -396,7 +396,7 @@ func (s *session) trackReady() {
 
 // newSessionStore makes a session's memory when a table of the database is
 // in a tracked mode; nil otherwise (the tracking then costs nothing).
-func newSessionStore(cfg *config.Config, policies []rewrite.Policy, m *Metrics, log *slog.Logger) *versionStore {
+func newSessionStore(cfg *config.Config, policies []rewrite.Policy, m *Metrics, log *slog.Logger, logLimit *logThrottle) *versionStore {
 	tracked := false
 	for i := range policies {
 		tracked = tracked || policies[i].Tracked()
@@ -410,43 +410,75 @@ func newSessionStore(cfg *config.Config, policies []rewrite.Policy, m *Metrics, 
 		scopes[schema+"."+table] = t.Scope == "session"
 	}
 	vs := newVersionStore(cfg.Guard.TrackedRowsPerSession, m, scopes)
-	vs.log = log
+	vs.log, vs.logLimit = log, logLimit
 	return vs
 }
 
-// lastLostUpdateLog rate-limits the lost-update log lines of all sessions
-// (unix nanoseconds of the last one).
-var lastLostUpdateLog atomic.Int64
-
-// observeWrite runs in observe mode when the session's own UPDATE (or
-// upsert) of a tracked row returns the row's new version (the hidden
-// RETURNING observe mode always adds: no version is injected, so the new
-// version is never computed). For an integer version the write set
-// version = version + 1 on the row as it was when the write ran, so the
-// version written over is exactly the new one minus 1; when that is not
-// the version this session read, someone else's write came in between and
-// this write overwrote it: a lost update that tracked mode would have
-// refused. Other version types give no such relation and are not counted.
-func (vs *versionStore) observeWrite(kind rewrite.Kind, pol *rewrite.Policy, key []byte, newVersion string) {
-	if pol.Type != rewrite.TypeInteger || (kind != rewrite.KindUpdate && kind != rewrite.KindUpsert) {
-		return
-	}
+// observeWrite runs in observe mode for each row of the session's own
+// UPDATE (or upsert) with the version the row had just before this write
+// (the plan says how it is learned: rewrite.WrittenOver). When that is
+// not the version this session read, someone else's write came in between
+// and this write overwrote it: a lost update, which tracked mode would
+// have refused. A row the session never read is not compared.
+func (vs *versionStore) observeWrite(pol *rewrite.Policy, key []byte, writtenOver string) {
 	r := vs.m[unsafeString(key)]
 	if r == nil {
 		return // never read: nothing to compare
 	}
-	nv, err1 := strconv.ParseInt(newVersion, 10, 64)
-	read, err2 := strconv.ParseInt(r.version, 10, 64)
-	if err1 != nil || err2 != nil || nv-1 == read {
+	if same, known := sameVersion(pol.Type, r.version, writtenOver); same || !known {
 		return
 	}
 	table := pol.QualifiedName()
 	vs.metrics.LostUpdateObserved(table)
-	now := time.Now().UnixNano()
-	last := lastLostUpdateLog.Load()
-	if vs.log != nil && now-last >= int64(time.Second) && lastLostUpdateLog.CompareAndSwap(last, now) {
+	if vs.log == nil || vs.logLimit == nil {
+		return
+	}
+	if ok, suppressed := vs.logLimit.allow(time.Now()); ok {
 		keys := strings.Split(unsafeString(key[len(table)+1:]), "\x00")
 		vs.log.Warn("lost update observed: the row changed after this session read it, and this write overwrote that change",
-			"table", table, "key", strings.Join(keys, ","), "read_version", r.version, "written_over", strconv.FormatInt(nv-1, 10))
+			"table", table, "key", strings.Join(keys, ","), "read_version", r.version, "written_over", writtenOver,
+			"suppressed", suppressed)
 	}
+}
+
+// sameVersion compares a version as the session captured it (text output,
+// or a binary value rendered by decodeParam) with one the server rendered
+// as text. known is false when they differ in form and cannot be compared
+// (a timestamp in a DateStyle other than ISO): such a write is not counted.
+func sameVersion(typ rewrite.VersionType, read, over string) (same, known bool) {
+	if read == over {
+		return true, true
+	}
+	switch typ {
+	case rewrite.TypeInteger, rewrite.TypeXmin:
+		a, err1 := strconv.ParseInt(read, 10, 64)
+		b, err2 := strconv.ParseInt(over, 10, 64)
+		return a == b, err1 == nil && err2 == nil
+	case rewrite.TypeUUID:
+		return strings.EqualFold(read, over), true
+	case rewrite.TypeTimestamp:
+		a, ok1 := parseTimestamp(read)
+		b, ok2 := parseTimestamp(over)
+		return a.Equal(b), ok1 && ok2
+	}
+	return false, true
+}
+
+// timestampLayouts are PostgreSQL's ISO text output of timestamptz (its
+// zone offset in hours, minutes or seconds) and timestamp (no zone, read
+// as UTC, as decodeParam renders a binary one), and decodeParam's own.
+var timestampLayouts = []string{
+	"2006-01-02 15:04:05.999999999Z07:00",
+	"2006-01-02 15:04:05.999999999Z07",
+	"2006-01-02 15:04:05.999999999Z07:00:00",
+	"2006-01-02 15:04:05.999999999",
+}
+
+func parseTimestamp(s string) (time.Time, bool) {
+	for _, l := range timestampLayouts {
+		if t, err := time.Parse(l, s); err == nil {
+			return t, true
+		}
+	}
+	return time.Time{}, false
 }

@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"encoding/binary"
+	"strconv"
+	"strings"
 
 	"github.com/pgoptimist/pgoptimist/rewrite"
 )
@@ -264,7 +266,9 @@ func (r *trackRun) capture(c *rewrite.Capture, table string, n int, value func(i
 	}
 	if r.write {
 		if c.Policy.Mode == rewrite.ModeObserve {
-			vs.observeWrite(r.st.Kind, c.Policy, key, t)
+			if over, ok := r.writtenOver(t, n, value); ok {
+				vs.observeWrite(c.Policy, key, over)
+			}
 		}
 		vs.ownWrite(key, table, string(unsafeBytes(t)), false)
 		return
@@ -274,6 +278,35 @@ func (r *trackRun) capture(c *rewrite.Capture, table string, n int, value func(i
 		return
 	}
 	vs.set(key, table, string(unsafeBytes(t)))
+}
+
+// writtenOver is the version a row of an observe-mode write had just
+// before the write, as the plan says to learn it (rewrite.WrittenOver);
+// ok is false when it is not known or the row was inserted (it overwrote
+// nothing). newVersion is the row's captured version after the write.
+func (r *trackRun) writtenOver(newVersion string, n int, value func(int) ([]byte, bool)) (string, bool) {
+	switch r.st.WrittenOver {
+	case rewrite.WrittenOverIncrement:
+		v, err := strconv.ParseInt(newVersion, 10, 64)
+		if err != nil {
+			return "", false
+		}
+		return strconv.FormatInt(v-1, 10), true
+	case rewrite.WrittenOverReturned:
+		i := r.st.WrittenOverField.Index(n)
+		v, ok := value(i)
+		if !ok {
+			return "", false
+		}
+		// "cv<version>": the write's WHERE ran on this row and recorded
+		// its version; "c": it did not (an upsert's inserted row).
+		s, ok := r.text(i, v)
+		if !ok || !strings.HasPrefix(s, "cv") {
+			return "", false
+		}
+		return s[2:], true
+	}
+	return "", false
 }
 
 // onTrackedParameterDescription relays a ParameterDescription without the

@@ -3,6 +3,8 @@ package proxy
 import (
 	"strings"
 	"testing"
+
+	"github.com/pgoptimist/pgoptimist/rewrite"
 )
 
 // TestVersionStoreRollbacks: a rollback puts the remembered versions back
@@ -86,5 +88,35 @@ func TestVersionStoreCap(t *testing.T) {
 	}
 	if n := srv.metrics.evictions.get("public.t"); n != 1 {
 		t.Errorf("%d evictions counted, want 1", n)
+	}
+}
+
+// TestSameVersion: a version captured in text or binary form compares with
+// the server's text rendering of the version written over.
+func TestSameVersion(t *testing.T) {
+	for _, c := range []struct {
+		typ         rewrite.VersionType
+		read, over  string
+		same, known bool
+	}{
+		{rewrite.TypeInteger, "7", "7", true, true},
+		{rewrite.TypeInteger, "7", "8", false, true},
+		{rewrite.TypeXmin, "4294967295", "4294967295", true, true},
+		{rewrite.TypeXmin, "741", "742", false, true},
+		{rewrite.TypeUUID, "8f76e2dc-2130-4b04-a14d-08d24014e172", "8F76E2DC-2130-4B04-A14D-08D24014E172", true, true},
+		{rewrite.TypeUUID, "8f76e2dc-2130-4b04-a14d-08d24014e172", "3074fb0e-8776-42db-9809-76470cd5ef76", false, true},
+		// timestamptz: text output in another zone, and decodeParam's binary rendering.
+		{rewrite.TypeTimestamp, "2026-12-04 16:21:41.495886+00", "2026-12-04 21:51:41.495886+05:30", true, true},
+		{rewrite.TypeTimestamp, "2026-12-04 16:21:41.495886Z", "2026-12-04 16:21:41.495886+00", true, true},
+		{rewrite.TypeTimestamp, "2026-12-04 16:21:41Z", "2026-12-04 16:21:41+00", true, true},
+		{rewrite.TypeTimestamp, "2026-12-04 16:21:41.495886Z", "2026-12-04 16:21:41.495887+00", false, true},
+		// timestamp without time zone, text and binary.
+		{rewrite.TypeTimestamp, "2026-12-04 16:21:41.5Z", "2026-12-04 16:21:41.5", true, true},
+		// Another DateStyle: not comparable, not counted.
+		{rewrite.TypeTimestamp, "2026-12-04 16:21:41.5Z", "Fri Dec 04 16:21:41.5 2026 UTC", false, false},
+	} {
+		if same, known := sameVersion(c.typ, c.read, c.over); same != c.same || known != c.known {
+			t.Errorf("%s %q vs %q: same %v known %v, want %v %v", c.typ, c.read, c.over, same, known, c.same, c.known)
+		}
 	}
 }

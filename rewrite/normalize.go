@@ -836,6 +836,7 @@ func stmtDiff(x, y *Statement, notes bool) string {
 	case x.Command != y.Command || x.QuietWhenEmpty != y.QuietWhenEmpty || x.Discard != y.Discard:
 		return "command facts differ"
 	case x.Untracked != y.Untracked || x.AddedReturning != y.AddedReturning || x.NewVersion != y.NewVersion ||
+		x.WrittenOver != y.WrittenOver || x.WrittenOverField != y.WrittenOverField ||
 		!slices.Equal(x.Hidden, y.Hidden) || !slices.EqualFunc(x.Captures, y.Captures, sameCapture):
 		return "tracking differs"
 	case (x.Inject == nil) != (y.Inject == nil):

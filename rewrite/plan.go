@@ -173,6 +173,11 @@ type Statement struct {
 	Untracked      bool           // reads a tracked table, but its result cannot be tracked exactly
 	Inject         *Injection     // the version read can be injected (tracked, required modes)
 	NewVersion     NewVersion     // how the row's version after this write is known
+
+	// Observe mode: how the proxy learns, for each row the write returns,
+	// the version the row had just before this write (see "Observing").
+	WrittenOver      WrittenOver
+	WrittenOverField Field // WrittenOverReturned: the hidden field that carries it
 }
 
 // Tracked mode: the contract between the rewriter and the proxy. It is on
@@ -259,6 +264,58 @@ type Statement struct {
 // Describe). A DELETE forgets Keys; its RETURNING, if any, is captured
 // like any other (the rows it names are gone). An INSERT ... RETURNING
 // into a tracked table (Kind KindOther, Command CommandInsert) is captured.
+//
+// Observing. An UPDATE or upsert of a table in observe mode without a
+// version predicate of its own says how the proxy learns the version each
+// row it writes had just before the write (the version written over), to
+// compare with the version the session read (a Capture of the same result
+// gives each row's key):
+//   - WrittenOverIncrement: an UPDATE of an integer version it increments:
+//     the new version minus 1 (version + 1 is computed on the row written
+//     over, joined or re-checked alike, so the relation is exact; an
+//     upsert uses the setting below, which also tells an inserted row);
+//   - WrittenOverReturned: the field WrittenOverField (hidden, text) of
+//     each returned row holds "cv<version>" when the row was updated over
+//     <version> (as the version column's text output), or "c" when the
+//     row was inserted (an upsert's INSERT arm writes over nothing);
+//   - WrittenOverNone: not learned (a join in the UPDATE, WHERE CURRENT
+//     OF, an explicit predicate), and the Notes say why.
+// WrittenOverReturned works through a transaction-local setting,
+// pgoptimist.written_over, as a per-row side channel: the write's WHERE
+// (the DO UPDATE arm's, for an upsert) gets the always-true conjunct
+//   pg_catalog.set_config('pgoptimist.written_over',
+//     pg_catalog.concat('v', <ref>.<version>), true) IS NOT NULL
+// and its RETURNING the hidden column
+//   pg_catalog.set_config('pgoptimist.written_over', CASE WHEN
+//     pg_catalog.starts_with(<setting>, 'v') THEN pg_catalog.concat('c',
+//     <setting>) ELSE 'c' END, true)
+// which returns what the WHERE recorded and marks it consumed. Why this
+// is exact:
+//   - a WHERE condition is evaluated on the row about to be written, and
+//     set_config is volatile, so the planner never folds it away, hoists it
+//     into a one-time filter or evaluates it once for several rows. When a
+//     row was updated concurrently (READ COMMITTED), PostgreSQL re-checks
+//     the WHERE on its newest version before writing it (EvalPlanQual for
+//     UPDATE; for ON CONFLICT DO UPDATE it locks the newest version and
+//     evaluates the arm's WHERE on it): the setting then holds the version
+//     actually written over;
+//   - ModifyTable computes a row's RETURNING right after writing that row,
+//     before it asks its input for the next row; an UPDATE's input is the
+//     scan of the target table (no FROM list, no subquery in the WHERE), so
+//     the last row the WHERE was evaluated on is the row written: each row
+//     of a multi-row write reads its own version. A join could evaluate
+//     the condition on every row of the target before the first row is
+//     written (a hash join building on the target), so an UPDATE with a
+//     FROM list or a subquery in its WHERE gets WrittenOverNone (but the
+//     integer increment, which is computed on the joined row);
+//   - an upsert's inserted row never runs the DO UPDATE arm's WHERE: its
+//     RETURNING finds the setting consumed ("c", or NULL when never set),
+//     whatever an earlier row or statement of the transaction left there;
+//   - nothing changes in outcome: the conjunct is always true (set_config
+//     returns its value, never NULL), and the setting is transaction-local
+//     and costs no round trip. A client can see it (SHOW
+//     pgoptimist.written_over) in its transaction, and as an empty
+//     placeholder setting after it.
 
 // Field locates a result field: n >= 0 is the field at 0-based position n;
 // n < 0 counts from the end (-1 is the last field).
@@ -287,7 +344,7 @@ type HiddenColumn struct {
 	Field  Field  // < 0: counted from the end
 	Schema string // the table column it returns (as stored, unquoted)
 	Table  string
-	Column string // for TypeXmin: "xmin"
+	Column string // for TypeXmin: "xmin"; Schema and Table empty: a value the rewriter computes, which Column names
 }
 
 // Injection is how a tracked write carries the version the session read.
@@ -309,6 +366,15 @@ const (
 	NewVersionNone      NewVersion = iota // not a tracked UPDATE or upsert
 	NewVersionIncrement                   // the expected version + 1 (integer)
 	NewVersionReturned                    // in the result, where Captures says
+)
+
+// WrittenOver says how observe mode learns the version a write overwrote.
+type WrittenOver int
+
+const (
+	WrittenOverNone      WrittenOver = iota // not learned: the write is not compared
+	WrittenOverIncrement                    // the new version (captured) minus 1
+	WrittenOverReturned                     // in the hidden field WrittenOverField
 )
 
 // WithExpected returns the statement's SQL with the version predicate

@@ -49,6 +49,8 @@ type ws struct {
 	inject         *wi
 	newVersion     NewVersion
 	addedReturning bool
+	writtenOver    WrittenOver
+	writtenOverAt  Field // WrittenOverReturned
 
 	prepare string
 	inner   *ws
@@ -629,6 +631,9 @@ func checkStmt(t *testing.T, where string, st *Statement, w *ws) {
 	if st.Untracked != w.untracked || st.NewVersion != w.newVersion || st.AddedReturning != w.addedReturning {
 		t.Errorf("%s: untracked=%v newVersion=%d addedReturning=%v, want %v %d %v\nnotes: %q", where,
 			st.Untracked, st.NewVersion, st.AddedReturning, w.untracked, w.newVersion, w.addedReturning, st.Notes)
+	}
+	if st.WrittenOver != w.writtenOver || st.WrittenOverField != w.writtenOverAt {
+		t.Errorf("%s: written over %d at %d, want %d at %d\nnotes: %q", where, st.WrittenOver, st.WrittenOverField, w.writtenOver, w.writtenOverAt, st.Notes)
 	}
 	switch {
 	case (st.Inject == nil) != (w.inject == nil):

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -27,6 +28,14 @@ CREATE TABLE counter (id int PRIMARY KEY, n int, name text UNIQUE, version bigin
 CREATE TABLE ledger (id int PRIMARY KEY, amount int);
 CREATE TABLE pair (k1 int, k2 text, v int, updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (k1, k2));
 CREATE TABLE other (id int, cid int, x int);
+CREATE TABLE obs (id int PRIMARY KEY, n int, version int NOT NULL DEFAULT 1);
+CREATE TABLE obsx (id int PRIMARY KEY, n int);
+CREATE TABLE obst (id int PRIMARY KEY, n int, updated_at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE TABLE obsu (k1 int, k2 text, n int, etag uuid NOT NULL DEFAULT gen_random_uuid(), PRIMARY KEY (k1, k2));
+INSERT INTO obs SELECT g, g, 10 * g FROM generate_series(1, 3) g;
+INSERT INTO obsx SELECT g, g FROM generate_series(1, 3) g;
+INSERT INTO obst SELECT g, g FROM generate_series(1, 3) g;
+INSERT INTO obsu SELECT g, 'k', g FROM generate_series(1, 3) g;
 INSERT INTO addresses VALUES (1, 'Guilford', 3), (2, 'Wake', 1);
 INSERT INTO counter VALUES (1, 10, 'a', 5), (2, 20, 'b', 1), (3, 30, 'c', 1);
 INSERT INTO ledger VALUES (1, 100), (2, 200);
@@ -149,6 +158,7 @@ func TestTrackedOnServer(t *testing.T) {
 	conn := startServer(t)
 	t.Run("captures and hidden columns", func(t *testing.T) { testTrackedPlans(t, conn) })
 	t.Run("injection", func(t *testing.T) { testTrackedInjection(t, conn) })
+	t.Run("observe: the version written over", func(t *testing.T) { testWrittenOver(t, conn) })
 }
 
 func testTrackedPlans(t *testing.T, conn *pgx.Conn) {
@@ -168,6 +178,9 @@ func testTrackedPlans(t *testing.T, conn *pgx.Conn) {
 		_, orig := run(t, conn, tc.sql, tc.args)
 		n := len(fields)
 		for _, h := range st.Hidden {
+			if h.Table == "" {
+				continue // computed
+			}
 			f := fields[h.Field.Index(n)]
 			if want := at[h.Table+"."+h.Column]; [2]int64{int64(f.TableOID), int64(int16(f.TableAttributeNumber))} != want {
 				t.Errorf("%q: hidden %s.%s is field %d (table %d, attribute %d), want %v", tc.sql, h.Table, h.Column,
@@ -341,5 +354,103 @@ func testTrackedInjection(t *testing.T, conn *pgx.Conn) {
 	var pe *pgconn.PgError
 	if _, err := tx.Exec(ctx, "EXECUTE p(1)", pgx.QueryExecModeSimpleProtocol); !errors.As(err, &pe) || pe.Code != "42601" {
 		t.Errorf("EXECUTE without the extra argument: %v, want a wrong-number-of-parameters error", err)
+	}
+}
+
+// testWrittenOver runs observe mode's writes on the server: every row a
+// multi-row UPDATE returns carries its own version from before the write,
+// an upsert's updated rows theirs and its inserted rows "nothing", for
+// every version type; the client's own result and tag are unchanged.
+func testWrittenOver(t *testing.T, conn *pgx.Conn) {
+	r := New(trackedPolicies(), Options{Tracking: true})
+	ctx := context.Background()
+	cases := []struct {
+		sql      string
+		before   string // key, version as text of the rows before the write
+		inserted int    // rows the upsert inserts (their key is not in before)
+	}{
+		{"UPDATE obsx SET n = n + 1 WHERE id >= $1", "SELECT id::text, xmin::text FROM obsx", 0},
+		{"UPDATE obst o SET n = n + 1 WHERE o.id >= $1 RETURNING o.n", "SELECT id::text, updated_at::text FROM obst", 0},
+		{"UPDATE obsu SET n = n + 1 WHERE k1 >= $1", "SELECT k1::text || ',' || k2, etag::text FROM obsu", 0},
+		{"UPDATE obs SET version = version * 2 WHERE id >= $1", "SELECT id::text, version::text FROM obs", 0},
+		{"INSERT INTO obsx AS x (id, n) SELECT g, 0 FROM generate_series($1::int, 5) g ON CONFLICT (id) DO UPDATE SET n = x.n + 1",
+			"SELECT id::text, xmin::text FROM obsx", 2},
+		{"INSERT INTO obs (id, n) SELECT g, 0 FROM generate_series($1::int, 5) g ON CONFLICT (id) DO UPDATE SET n = excluded.n",
+			"SELECT id::text, version::text FROM obs", 2},
+	}
+	for _, tc := range cases {
+		p, err := r.Plan(tc.sql, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := &p.Statements[0]
+		if st.WrittenOver != WrittenOverReturned {
+			t.Fatalf("%q: written over %d, want returned: %q", tc.sql, st.WrittenOver, st.Notes)
+		}
+		for _, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeDescribeExec} {
+			func() {
+				tx, err := conn.Begin(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer tx.Rollback(ctx)
+				// An earlier write in the transaction leaves the setting
+				// behind: an inserted row must not read it.
+				if _, err := tx.Exec(ctx, "SELECT pg_catalog.set_config('pgoptimist.written_over', 'v-stale', true)"); err != nil {
+					t.Fatal(err)
+				}
+				before := map[string]string{}
+				rows, _ := tx.Query(ctx, tc.before, pgx.QueryExecModeSimpleProtocol)
+				for rows.Next() {
+					var k, v string
+					if err := rows.Scan(&k, &v); err != nil {
+						t.Fatal(err)
+					}
+					before[k] = v
+				}
+				if rows.Err() != nil {
+					t.Fatal(rows.Err())
+				}
+				rows, err = tx.Query(ctx, p.SQL, mode, 2)
+				if err != nil {
+					t.Fatalf("%q: %v", p.SQL, err)
+				}
+				seen, inserted := 0, 0
+				for rows.Next() {
+					vals, err := rows.Values() // text and binary alike
+					if err != nil {
+						t.Fatal(err)
+					}
+					n := len(vals)
+					c := st.Captures[0]
+					var key []string
+					for _, f := range c.Keys {
+						key = append(key, fmt.Sprint(vals[f.Index(n)]))
+					}
+					k := strings.Join(key, ",")
+					over := fmt.Sprint(vals[st.WrittenOverField.Index(n)])
+					seen++
+					if over == "c" {
+						inserted++
+						if _, had := before[k]; had {
+							t.Errorf("%q %v: row %s had version %s, read back as inserted", tc.sql, mode, k, before[k])
+						}
+						continue
+					}
+					if want := "cv" + before[k]; over != want {
+						t.Errorf("%q %v: row %s written over %q, want %q", tc.sql, mode, k, over, want)
+					}
+				}
+				if rows.Err() != nil {
+					t.Fatalf("%q: %v", p.SQL, rows.Err())
+				}
+				if seen != 2+tc.inserted || inserted != tc.inserted {
+					t.Errorf("%q %v: %d rows, %d inserted; want %d, %d", tc.sql, mode, seen, inserted, 2+tc.inserted, tc.inserted)
+				}
+				if tag := rows.CommandTag(); tag.RowsAffected() != int64(2+tc.inserted) {
+					t.Errorf("%q %v: tag %s", tc.sql, mode, tag)
+				}
+			}()
+		}
 	}
 }

@@ -375,6 +375,11 @@ func (pl *planner) trackWrite(st *Statement, t target, root *pg.Node, where *(*p
 			QuoteIdent(t.refName()), QuoteIdent(pol.Column), n))
 	}
 	needReturning := false
+	carrier := false
+	if pol.Mode == ModeObserve {
+		joined := st.Kind == KindUpdate && (!single || hasSubLink(*where))
+		carrier = pl.observeWrite(st, t, where, joined)
+	}
 	switch st.Kind {
 	case KindUpdate:
 		if pol.Type == TypeInteger && st.Incremented && pinned && (st.Checked || st.Inject != nil) {
@@ -387,14 +392,127 @@ func (pl *planner) trackWrite(st *Statement, t target, root *pg.Node, where *(*p
 		// The row may be inserted or updated: only the row itself tells.
 		st.NewVersion, needReturning = NewVersionReturned, true
 	}
-	if len(*returning) == 0 && !needReturning {
+	if len(*returning) == 0 && !needReturning && !carrier {
 		return false
 	}
 	st.AddedReturning = len(*returning) == 0
 	if st.AddedReturning {
 		st.Notes = append(st.Notes, "tracked: RETURNING added for the new version (hidden)")
 	}
-	return pl.capture(st, []tref{{t: t}}, returning, single, "RETURNING list")
+	changed := pl.capture(st, []tref{{t: t}}, returning, single, "RETURNING list")
+	if carrier {
+		pl.addWrittenOverColumn(st, returning)
+		changed = true
+	}
+	return changed
+}
+
+// writtenOverSetting is the transaction-local setting observe mode uses as
+// a per-row side channel (see "Observing" in plan.go).
+const writtenOverSetting = "pgoptimist.written_over"
+
+// observeWrite decides how observe mode learns the version a write
+// overwrote and, for WrittenOverReturned, adds the recording conjunct to
+// the WHERE (where: the UPDATE's, or the DO UPDATE arm's). It reports
+// whether the RETURNING must carry the setting back. joined: an UPDATE
+// whose input is more than a scan of the target (FROM list, subquery).
+func (pl *planner) observeWrite(st *Statement, t target, where *(*pg.Node), joined bool) bool {
+	pol := t.pol
+	if st.Kind != KindUpdate && st.Kind != KindUpsert {
+		return false
+	}
+	switch {
+	case st.Checked:
+		st.Notes = append(st.Notes, "observe: the explicit version predicate checks the write: not compared")
+		return false
+	case st.Kind == KindUpdate && pol.Type == TypeInteger && st.Incremented:
+		// Kept rather than unified with the setting: version + 1 is
+		// computed on the very row written (joined or re-checked alike),
+		// so it is exact where the setting is not (joins) and costs
+		// nothing per row. An upsert cannot use it: an inserted row's
+		// version minus 1 is no version it wrote over.
+		st.WrittenOver = WrittenOverIncrement
+		st.Notes = append(st.Notes, "observe: the version written over is the new version - 1")
+		return false
+	case where == nil || *where != nil && (*where).GetCurrentOfExpr() != nil:
+		st.Notes = append(st.Notes, "observe: WHERE CURRENT OF: the version written over is not learned")
+		return false
+	case joined:
+		// A join may evaluate the WHERE on every row of the target before
+		// the first row is written (a hash join that builds on it): the
+		// setting would hold another row's version.
+		st.Notes = append(st.Notes, "observe: UPDATE with a FROM list or a subquery in its WHERE: the version written over is not learned")
+		return false
+	}
+	*where = andWith(*where, writtenOverRecord(t.refName(), pol.Column))
+	st.WrittenOver = WrittenOverReturned
+	st.Notes = append(st.Notes, fmt.Sprintf("observe: the WHERE records %s.%s in %s; a hidden RETURNING column reads it back",
+		QuoteIdent(t.refName()), QuoteIdent(pol.Column), writtenOverSetting))
+	return true
+}
+
+// writtenOverRecord is the always-true conjunct that records the version
+// of the row it is evaluated on:
+// pg_catalog.set_config('pgoptimist.written_over', pg_catalog.concat('v', <ref>.<col>), true) IS NOT NULL.
+// concat renders any type (xid too) with its output function, as ::text
+// would, and is never NULL; set_config returns that value.
+func writtenOverRecord(ref, col string) *pg.Node {
+	return parseExpr("pg_catalog.set_config(" + QuoteLiteral(writtenOverSetting) + ", pg_catalog.concat('v', " +
+		QuoteIdent(ref) + "." + QuoteIdent(col) + "), true) IS NOT NULL")
+}
+
+// writtenOverRead is the hidden RETURNING expression: "c" followed by what
+// the WHERE recorded for this row ("cv<version>"), or just "c" when the
+// WHERE did not run on it (an upsert's inserted row); the setting is left
+// consumed, so a later row that the WHERE does not run on cannot read it.
+func writtenOverRead() *pg.Node {
+	cur := "pg_catalog.current_setting(" + QuoteLiteral(writtenOverSetting) + ", true)"
+	return parseExpr("pg_catalog.set_config(" + QuoteLiteral(writtenOverSetting) +
+		", CASE WHEN pg_catalog.starts_with(" + cur + ", 'v') THEN pg_catalog.concat('c', " + cur + ") ELSE 'c' END, true)")
+}
+
+// parseExpr parses an expression the rewriter itself wrote.
+func parseExpr(sql string) *pg.Node {
+	tree, err := pg.Parse("SELECT " + sql)
+	if err != nil {
+		panic("rewrite: own expression does not parse: " + err.Error())
+	}
+	return tree.Stmts[0].Stmt.GetSelectStmt().TargetList[0].GetResTarget().Val
+}
+
+// addWrittenOverColumn adds the hidden RETURNING column that carries the
+// version written over. It goes last: the fields counted from the end
+// move one further from it.
+func (pl *planner) addWrittenOverColumn(st *Statement, returning *[]*pg.Node) {
+	for i := range st.Hidden {
+		st.Hidden[i].Field--
+	}
+	for i := range st.Captures {
+		c := &st.Captures[i]
+		for k := range c.Keys {
+			if c.Keys[k] < 0 {
+				c.Keys[k]--
+			}
+		}
+		if c.Version < 0 {
+			c.Version--
+		}
+	}
+	*returning = append(*returning, pg.MakeResTargetNodeWithNameAndVal(hiddenPrefix+strconv.Itoa(len(st.Hidden)+1), writtenOverRead(), -1))
+	st.Hidden = append(st.Hidden, HiddenColumn{Field: -1, Column: writtenOverSetting})
+	st.WrittenOverField = -1
+}
+
+// hasSubLink reports whether a subquery appears under n.
+func hasSubLink(n *pg.Node) bool {
+	found := false
+	walk(n, func(m protoreflect.Message) bool {
+		if _, ok := m.Interface().(*pg.SubLink); ok {
+			found = true
+		}
+		return !found
+	})
+	return found
 }
 
 // maxParam is the highest $n under n (0: none).

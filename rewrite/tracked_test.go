@@ -13,10 +13,18 @@ func trackedPolicies() []Policy {
 		{Schema: "public", Table: "ledger", Column: "xmin", Type: TypeXmin, Key: []string{"id"}, Update: true, Delete: true, Mode: ModeTracked},
 		{Schema: "public", Table: "pair", Column: "updated_at", Type: TypeTimestamp, Key: []string{"k1", "k2"}, Update: true, Delete: true, Mode: ModeTracked},
 		{Schema: "public", Table: "obs", Column: "version", Type: TypeInteger, Key: []string{"id"}, Update: true, Delete: true, Mode: ModeObserve},
+		{Schema: "public", Table: "obsx", Column: "xmin", Type: TypeXmin, Key: []string{"id"}, Update: true, Delete: true, Mode: ModeObserve},
+		{Schema: "public", Table: "obst", Column: "updated_at", Type: TypeTimestamp, Key: []string{"id"}, Update: true, Delete: true, Mode: ModeObserve},
+		{Schema: "public", Table: "obsu", Column: "etag", Type: TypeUUID, Key: []string{"k1", "k2"}, Update: true, Delete: true, Mode: ModeObserve},
 		{Schema: "public", Table: "req", Column: "version", Type: TypeInteger, Key: []string{"id"}, Update: true, Delete: true, Mode: ModeRequired},
 		{Schema: "public", Table: "plain", Column: "version", Type: TypeInteger, Key: []string{"id"}, Update: true, Delete: true},
 	}
 }
+
+// readBack is the hidden RETURNING expression of observe mode.
+const readBack = "pg_catalog.set_config('pgoptimist.written_over', CASE WHEN pg_catalog.starts_with(pg_catalog.current_setting('pgoptimist.written_over', true), 'v') THEN pg_catalog.concat('c', pg_catalog.current_setting('pgoptimist.written_over', true)) ELSE 'c' END, true)"
+
+var writtenOverCol = HiddenColumn{Field: -1, Column: "pgoptimist.written_over"}
 
 // hid builds the expected hidden columns of one table: the last fields.
 func hid(from int, table string, cols ...string) []HiddenColumn {
@@ -413,7 +421,109 @@ var trackedCases = []planCase{
 		stmts: []ws{{kind: KindUpdate, policy: "public.obs", inc: true, keys: []KeyValue{key("id", lit("1"))},
 			newVersion: NewVersionReturned, addedReturning: true,
 			hidden: hid(-2, "obs", "id", "version"), captures: []wc{{"public.obs", "obs", []Field{-2}, -1}},
-			notes: []string{"observe mode: no version injected"}}},
+			writtenOver: WrittenOverIncrement,
+			notes:       []string{"observe mode: no version injected", "the new version - 1"}}},
+	},
+	{
+		name: "observe, xmin: the WHERE records the version written over, RETURNING reads it back",
+		sql:  "UPDATE obsx SET n = $1 WHERE id = $2",
+		out: "UPDATE obsx SET n = $1 WHERE id = $2 AND pg_catalog.set_config('pgoptimist.written_over', pg_catalog.concat('v', obsx.xmin), true) IS NOT NULL" +
+			" RETURNING obsx.id AS pgoptimist_1, obsx.xmin AS pgoptimist_2, " + readBack + " AS pgoptimist_3",
+		stmts: []ws{{kind: KindUpdate, policy: "public.obsx", keys: []KeyValue{key("id", param(2))},
+			newVersion: NewVersionReturned, addedReturning: true,
+			hidden:      append(hid(-3, "obsx", "id", "xmin"), writtenOverCol),
+			captures:    []wc{{"public.obsx", "obsx", []Field{-3}, -2}},
+			writtenOver: WrittenOverReturned, writtenOverAt: -1}},
+	},
+	{
+		name: "observe, timestamp, alias, client RETURNING and no WHERE: every row records its own",
+		sql:  "UPDATE obst o SET n = n + 1 RETURNING o.n, o.id",
+		out: "UPDATE obst o SET n = n + 1, updated_at = clock_timestamp() WHERE pg_catalog.set_config('pgoptimist.written_over', pg_catalog.concat('v', o.updated_at), true) IS NOT NULL" +
+			" RETURNING o.n, o.id, o.updated_at AS pgoptimist_1, " + readBack + " AS pgoptimist_2",
+		stmts: []ws{{kind: KindUpdate, policy: "public.obst", inc: true,
+			newVersion:  NewVersionReturned,
+			hidden:      append(hid(-2, "obst", "updated_at"), writtenOverCol),
+			captures:    []wc{{"public.obst", "o", []Field{1}, -2}},
+			writtenOver: WrittenOverReturned, writtenOverAt: -1}},
+	},
+	{
+		name: "observe, uuid, composite key",
+		sql:  "UPDATE obsu SET n = 1 WHERE k1 = 1 AND k2 = 'x'",
+		out: "UPDATE obsu SET n = 1, etag = gen_random_uuid() WHERE k1 = 1 AND k2 = 'x' AND pg_catalog.set_config('pgoptimist.written_over', pg_catalog.concat('v', obsu.etag), true) IS NOT NULL" +
+			" RETURNING obsu.k1 AS pgoptimist_1, obsu.k2 AS pgoptimist_2, obsu.etag AS pgoptimist_3, " + readBack + " AS pgoptimist_4",
+		stmts: []ws{{kind: KindUpdate, policy: "public.obsu", inc: true, keys: []KeyValue{key("k1", lit("1")), key("k2", lit("x"))},
+			newVersion: NewVersionReturned, addedReturning: true,
+			hidden:      append(hid(-4, "obsu", "k1", "k2", "etag"), writtenOverCol),
+			captures:    []wc{{"public.obsu", "obsu", []Field{-4, -3}, -2}},
+			writtenOver: WrittenOverReturned, writtenOverAt: -1}},
+	},
+	{
+		name: "observe, integer the application assigns: recorded, not computed",
+		sql:  "UPDATE obs SET version = 7 WHERE id = 1",
+		out: "UPDATE obs SET version = 7 WHERE id = 1 AND pg_catalog.set_config('pgoptimist.written_over', pg_catalog.concat('v', obs.version), true) IS NOT NULL" +
+			" RETURNING obs.id AS pgoptimist_1, obs.version AS pgoptimist_2, " + readBack + " AS pgoptimist_3",
+		stmts: []ws{{kind: KindUpdate, policy: "public.obs", keys: []KeyValue{key("id", lit("1"))},
+			newVersion: NewVersionReturned, addedReturning: true,
+			hidden:      append(hid(-3, "obs", "id", "version"), writtenOverCol),
+			captures:    []wc{{"public.obs", "obs", []Field{-3}, -2}},
+			writtenOver: WrittenOverReturned, writtenOverAt: -1}},
+	},
+	{
+		name: "observe, upsert (integer too): recorded in the DO UPDATE arm's WHERE, an inserted row reads it consumed",
+		sql:  "INSERT INTO obs AS o (id, n) VALUES ($1, 1) ON CONFLICT (id) DO UPDATE SET n = o.n + 1 WHERE o.n < 10",
+		out: "INSERT INTO obs AS o (id, n) VALUES ($1, 1) ON CONFLICT (id) DO UPDATE SET n = o.n + 1, version = o.version + 1" +
+			" WHERE o.n < 10 AND pg_catalog.set_config('pgoptimist.written_over', pg_catalog.concat('v', o.version), true) IS NOT NULL" +
+			" RETURNING o.id AS pgoptimist_1, o.version AS pgoptimist_2, " + readBack + " AS pgoptimist_3",
+		stmts: []ws{{kind: KindUpsert, policy: "public.obs", inc: true, keys: []KeyValue{key("id", param(1))},
+			newVersion: NewVersionReturned, addedReturning: true,
+			hidden:      append(hid(-3, "obs", "id", "version"), writtenOverCol),
+			captures:    []wc{{"public.obs", "o", []Field{-3}, -2}},
+			writtenOver: WrittenOverReturned, writtenOverAt: -1}},
+	},
+	{
+		name: "observe, UPDATE ... FROM: a join may evaluate the WHERE ahead of the write: not learned",
+		sql:  "UPDATE obsx SET n = s.n FROM src s WHERE s.id = obsx.id",
+		out:  "UPDATE obsx SET n = s.n FROM src s WHERE s.id = obsx.id RETURNING obsx.id AS pgoptimist_1, obsx.xmin AS pgoptimist_2",
+		stmts: []ws{{kind: KindUpdate, policy: "public.obsx",
+			newVersion: NewVersionReturned, addedReturning: true,
+			hidden:   hid(-2, "obsx", "id", "xmin"),
+			captures: []wc{{"public.obsx", "obsx", []Field{-2}, -1}},
+			notes:    []string{"FROM list or a subquery"}}},
+	},
+	{
+		name: "observe, subquery in the WHERE (may become a join): not learned; integer increment still exact",
+		sql:  "UPDATE obs SET n = 1 WHERE id IN (SELECT id FROM src)",
+		out:  "UPDATE obs SET n = 1, version = version + 1 WHERE id IN (SELECT id FROM src) RETURNING obs.id AS pgoptimist_1, obs.version AS pgoptimist_2",
+		stmts: []ws{{kind: KindUpdate, policy: "public.obs", inc: true,
+			newVersion: NewVersionReturned, addedReturning: true,
+			hidden:      hid(-2, "obs", "id", "version"),
+			captures:    []wc{{"public.obs", "obs", []Field{-2}, -1}},
+			writtenOver: WrittenOverIncrement}},
+	},
+	{
+		name: "observe, subquery in the WHERE, xmin: not learned",
+		sql:  "UPDATE obsx SET n = 1 WHERE EXISTS (SELECT 1 FROM src WHERE src.id = obsx.id)",
+		out:  "UPDATE obsx SET n = 1 WHERE EXISTS (SELECT 1 FROM src WHERE src.id = obsx.id) RETURNING obsx.id AS pgoptimist_1, obsx.xmin AS pgoptimist_2",
+		stmts: []ws{{kind: KindUpdate, policy: "public.obsx",
+			newVersion: NewVersionReturned, addedReturning: true,
+			hidden:   hid(-2, "obsx", "id", "xmin"),
+			captures: []wc{{"public.obsx", "obsx", []Field{-2}, -1}},
+			notes:    []string{"FROM list or a subquery"}}},
+	},
+	{
+		name: "observe, explicit predicate: checked, not compared",
+		sql:  "UPDATE obsx SET n = 1 WHERE id = 1 AND xmin = '5'",
+		out:  "UPDATE obsx SET n = 1 WHERE id = 1 AND xmin = '5' RETURNING obsx.id AS pgoptimist_1, obsx.xmin AS pgoptimist_2",
+		stmts: []ws{{kind: KindUpdate, policy: "public.obsx", checked: true, expected: lit("5"), keys: []KeyValue{key("id", lit("1"))},
+			newVersion: NewVersionReturned, addedReturning: true,
+			hidden:   hid(-2, "obsx", "id", "xmin"),
+			captures: []wc{{"public.obsx", "obsx", []Field{-2}, -1}},
+			notes:    []string{"explicit version predicate checks the write"}}},
+	},
+	{
+		name:  "observe, DELETE: nothing to learn",
+		sql:   "DELETE FROM obsx WHERE id = 1",
+		stmts: []ws{{kind: KindDelete, policy: "public.obsx", keys: []KeyValue{key("id", lit("1"))}}},
 	},
 	{
 		name: "required: refused unless a version is remembered",
