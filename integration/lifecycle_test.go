@@ -232,7 +232,13 @@ func TestClientBytesCounted(t *testing.T) {
 	if in := relayMetric(t, p, "pgoptimist_client_bytes_received_total"); in < int64(len("SELECT repeat('x', 100000)")) {
 		t.Errorf("bytes received from clients: %d", in)
 	}
-	if out := relayMetric(t, p, "pgoptimist_client_bytes_sent_total"); out < 100000 {
+	// The counter is added to just after the write that answers the client.
+	out := relayMetric(t, p, "pgoptimist_client_bytes_sent_total")
+	for deadline := time.Now().Add(3 * time.Second); out < 100000 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		out = relayMetric(t, p, "pgoptimist_client_bytes_sent_total")
+	}
+	if out < 100000 {
 		t.Errorf("bytes sent to clients: %d, after a 100 kB result", out)
 	}
 }
