@@ -315,28 +315,27 @@ fi
 
 # --- pgoptimist --------------------------------------------------------------
 
-if have_target pgoptimist; then
-	PORT[pgoptimist]=$(freeport)
-	log "starting pgoptimist on 127.0.0.1:${PORT[pgoptimist]}"
+# start_plain_pgoptimist NAME BINARY: BINARY serving target NAME, upstream
+# without TLS.
+start_plain_pgoptimist() {
+	local name=$1 bin=$2
+	PORT[$name]=$(freeport)
+	log "starting $name ($bin) on 127.0.0.1:${PORT[$name]}"
 	# shellcheck disable=SC2086 # PGOPTIMIST_ARGS is split on purpose
-	PGOPTIMIST_UPSTREAM_TLS=$PLAIN_UPSTREAM_TLS "$PGOPTIMIST" serve --listen "127.0.0.1:${PORT[pgoptimist]}" \
-		--upstream "127.0.0.1:$PGPORT_DIRECT" $PGOPTIMIST_ARGS >"$TMP/pgoptimist.log" 2>&1 &
+	PGOPTIMIST_UPSTREAM_TLS=$PLAIN_UPSTREAM_TLS "$bin" serve --listen "127.0.0.1:${PORT[$name]}" \
+		--upstream "127.0.0.1:$PGPORT_DIRECT" $PGOPTIMIST_ARGS >"$TMP/$name.log" 2>&1 &
 	PIDS+=($!)
-	PROC[pgoptimist]=$!
-	wait_port pgoptimist "$!" "${PORT[pgoptimist]}" "$TMP/pgoptimist.log" || die "pgoptimist did not start"
+	PROC[$name]=$!
+	wait_port "$name" "$!" "${PORT[$name]}" "$TMP/$name.log" || die "$name did not start"
+}
+if have_target pgoptimist; then
+	start_plain_pgoptimist pgoptimist "$PGOPTIMIST"
 fi
 # A second pgoptimist binary (PGOPTIMIST_BASELINE), configured the same way,
 # for before/after comparisons within one run: target "baseline".
 if [ -n "${PGOPTIMIST_BASELINE:-}" ]; then
 	[ -x "$PGOPTIMIST_BASELINE" ] || die "PGOPTIMIST_BASELINE=$PGOPTIMIST_BASELINE is not an executable"
-	PORT[baseline]=$(freeport)
-	log "starting the baseline pgoptimist ($PGOPTIMIST_BASELINE) on 127.0.0.1:${PORT[baseline]}"
-	# shellcheck disable=SC2086 # PGOPTIMIST_ARGS is split on purpose
-	PGOPTIMIST_UPSTREAM_TLS=$PLAIN_UPSTREAM_TLS "$PGOPTIMIST_BASELINE" serve --listen "127.0.0.1:${PORT[baseline]}" \
-		--upstream "127.0.0.1:$PGPORT_DIRECT" $PGOPTIMIST_ARGS >"$TMP/baseline.log" 2>&1 &
-	PIDS+=($!)
-	PROC[baseline]=$!
-	wait_port baseline "$!" "${PORT[baseline]}" "$TMP/baseline.log" || die "the baseline pgoptimist did not start"
+	start_plain_pgoptimist baseline "$PGOPTIMIST_BASELINE"
 	TARGETS="$TARGETS baseline"
 fi
 if have_tls_target pgoptimist; then

@@ -304,3 +304,20 @@ func findTool(t testing.TB, name string) string {
 	}
 	return p
 }
+
+// psqlSame runs sql with psql directly and through the proxy at addr and
+// fails unless both print the same.
+func psqlSame(t testing.TB, addr, db, sql string) {
+	t.Helper()
+	want, err := psql(t, pg.Addr(), db, "-c", sql)
+	if err != nil {
+		t.Fatalf("%q directly: %v\n%s", sql, err, want)
+	}
+	got, err := psql(t, addr, db, "-c", sql)
+	if err != nil {
+		t.Fatalf("%q through the proxy: %v\n%s", sql, err, got)
+	}
+	if got != want {
+		t.Errorf("%q through the proxy:\n%s\ndirectly:\n%s", sql, got, want)
+	}
+}

@@ -179,17 +179,7 @@ func TestObserveResults(t *testing.T) {
 			stmts = append(stmts, fmt.Sprintf(sql, table.Name))
 		}
 		sql := "BEGIN; SELECT n FROM " + table.Name + " ORDER BY id; " + strings.Join(stmts, "; ") + "; ROLLBACK"
-		want, err := psql(t, pg.Addr(), db, "-c", sql)
-		if err != nil {
-			t.Fatalf("%q directly: %v\n%s", sql, err, want)
-		}
-		got, err := psql(t, p.Addr, db, "-c", sql)
-		if err != nil {
-			t.Fatalf("%q through the proxy: %v\n%s", sql, err, got)
-		}
-		if got != want {
-			t.Errorf("%q through the proxy:\n%s\ndirectly:\n%s", sql, got, want)
-		}
+		psqlSame(t, p.Addr, db, sql)
 	}
 }
 

@@ -306,17 +306,7 @@ func TestTrackedPsql(t *testing.T) {
 		"BEGIN; SELECT county FROM addresses WHERE id = 1; UPDATE addresses SET county = county WHERE id = 1; SELECT state FROM addresses WHERE id = 2; COMMIT",
 		"UPDATE addresses SET county = county WHERE id = 1; SELECT * FROM addresses WHERE id = 2",
 	} {
-		want, err := psql(t, pg.Addr(), db, "-c", sql)
-		if err != nil {
-			t.Fatalf("%q directly: %v\n%s", sql, err, want)
-		}
-		got, err := psql(t, p.Addr, db, "-c", sql)
-		if err != nil {
-			t.Fatalf("%q through the proxy: %v\n%s", sql, err, got)
-		}
-		if got != want {
-			t.Errorf("%q through the proxy:\n%s\ndirectly:\n%s", sql, got, want)
-		}
+		psqlSame(t, p.Addr, db, sql)
 	}
 }
 
