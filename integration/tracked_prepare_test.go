@@ -209,9 +209,9 @@ func TestTrackedPrepareExecute(t *testing.T) {
 			db := newDatabase(t, prepareDDL)
 			p := guardedProxy(t, prepareTables()...)
 			c := connect(t, p.Addr, db)
-			execTag(t, c, pgx.QueryExecModeSimpleProtocol, prepareCounter, "PREPARE")
-			execTag(t, c, pgx.QueryExecModeSimpleProtocol, "PREPARE r(int, int) AS UPDATE rcounter SET n = $2 WHERE id = $1", "PREPARE")
-			execTag(t, c, pgx.QueryExecModeSimpleProtocol, "PREPARE e(int, int, int) AS UPDATE rcounter SET n = $2 WHERE id = $1 AND version = $3", "PREPARE")
+			execTag(t, c, m.mode, prepareCounter, "PREPARE")
+			execTag(t, c, m.mode, "PREPARE r(int, int) AS UPDATE rcounter SET n = $2 WHERE id = $1", "PREPARE")
+			execTag(t, c, m.mode, "PREPARE e(int, int, int) AS UPDATE rcounter SET n = $2 WHERE id = $1 AND version = $3", "PREPARE")
 
 			// Never read: unchecked (tracked), refused (required).
 			execTag(t, c, m.mode, "EXECUTE u(1, 10)", "UPDATE 1")
@@ -342,6 +342,16 @@ func TestTrackedPrepareFollowsOutcomes(t *testing.T) {
 	execCode(t, c, pgx.QueryExecModeSimpleProtocol, "EXECUTE u(1, 6)", "42703")
 	execTag(t, c, pgx.QueryExecModeSimpleProtocol, "RESET search_path", "RESET")
 
+	// Sent in a Parse: PREPARE and DEALLOCATE are followed too.
+	x := connect(t, p.Addr, db)
+	execTag(t, x, pgx.QueryExecModeExec, prepareCounter, "PREPARE")
+	readN(t, x, "counter", 2)
+	bumpCounter(t, db, 2)
+	execCode(t, x, pgx.QueryExecModeExec, "EXECUTE u(2, 7)", "VL409")
+	execTag(t, x, pgx.QueryExecModeExec, "DEALLOCATE u", "DEALLOCATE")
+	execTag(t, x, pgx.QueryExecModeExec, "PREPARE u AS SELECT 1", "PREPARE")
+	execTag(t, x, pgx.QueryExecModeExec, "EXECUTE u", "SELECT 1")
+
 	// What a client can see: the statement as the server holds it.
 	var stmt, types string
 	if err := c.QueryRow(ctx, "SELECT statement, parameter_types::text FROM pg_catalog.pg_prepared_statements WHERE name = 'u'").Scan(&stmt, &types); err != nil {
@@ -412,12 +422,22 @@ func TestTrackedPrepareReload(t *testing.T) {
 			c := connectMode(t, p.Addr, db, pgx.QueryExecModeSimpleProtocol)
 			execTag(t, c, pgx.QueryExecModeSimpleProtocol, prepareCounter, "PREPARE")
 			readN(t, c, "counter", 1)
+			// Bound by the extended protocol: the injected parameter too.
+			bindU := func(n string) {
+				t.Helper()
+				res := c.PgConn().ExecPrepared(ctx, "u", [][]byte{[]byte("1"), []byte(n)}, nil, nil).Read()
+				if res.Err != nil || res.CommandTag.String() != "UPDATE 1" {
+					t.Fatalf("Bind of u: %q %v", res.CommandTag, res.Err)
+				}
+			}
+			bindU("2")
 			if err := p.Srv.Reload(newConfig(t, pg.Addr(), next.tables...)); err != nil {
 				t.Fatal(err)
 			}
 			execTag(t, c, pgx.QueryExecModeSimpleProtocol, "EXECUTE u(1, 3)", "UPDATE 1")
 			execTag(t, c, pgx.QueryExecModeSimpleProtocol, "SELECT 1; EXECUTE u(1, 4)", "UPDATE 1")
 			execTag(t, c, pgx.QueryExecModeExec, "EXECUTE u(1, 5)", "UPDATE 1")
+			bindU("6")
 			execTag(t, c, pgx.QueryExecModeSimpleProtocol, "DEALLOCATE u", "DEALLOCATE")
 			execTag(t, c, pgx.QueryExecModeSimpleProtocol, "PREPARE u AS SELECT 1", "PREPARE")
 			var x int

@@ -387,6 +387,20 @@ func (s *session) planParse(name, query, tail []byte, nOids int) (sql string, se
 		return "", nil, true
 	}
 	st := &plan.Statements[0]
+	if e := g.prepEffectOf(st); e.op != prepNone {
+		// PREPARE, DEALLOCATE, DISCARD ALL in a Parse: followed when an
+		// Execute of it completes, as in a simple query.
+		g.stmts[string(name)] = &prepared{plan: &rewrite.Statement{SQL: st.SQL, Kind: st.Kind, Command: st.Command}, effect: e}
+		if e.prep != nil && e.prep.injected {
+			s.srv.metrics.rewritten.Add(1)
+			return e.prep.plan.Inject.SQL, tail, false
+		}
+		if !plan.Changed {
+			return "", nil, true
+		}
+		s.srv.metrics.rewritten.Add(1)
+		return plan.SQL, tail, false
+	}
 	if sql, rec, ok := s.planExecuteParse(st); ok {
 		if rec != nil {
 			g.stmts[string(name)] = rec
@@ -511,11 +525,15 @@ func (s *session) onBind(msg []byte) error {
 		g.portals[string(portal)] = bp
 	}
 	bp.stmt, bp.oids, bp.quietWhenEmpty = prep.plan, prep.oids, prep.quietWhenEmpty
-	bp.run, bp.described = nil, false
+	bp.run, bp.described, bp.effect = nil, false, prep.effect
 	if g.store != nil && needsTracking(prep.plan) {
 		msg, bp.stmt, bp.run = s.trackBind(prep, msg)
 		bp.described = bp.run == nil || textResults(rest)
 		msg = withHiddenFormats(msg, len(prep.plan.Hidden))
+	} else if prep.injected {
+		// Nothing is tracked any more (a reload): the server's statement
+		// still has the injected parameter, which gets NULL.
+		msg = bindNullInjected(prep, msg)
 	}
 	if bp.stmt.Checked {
 		// Kept to describe a stale result; decoded only then.
@@ -586,7 +604,11 @@ func (s *session) onExecute(msg, rest []byte) (int, error) {
 	}
 	switch {
 	case bp == nil || (!bp.stmt.Checked && !bp.stmt.Refuse):
-		s.queue.push(pending{kind: pendExecute, track: ts})
+		var pe *prepEffects
+		if bp != nil {
+			pe = onePrep(bp.effect)
+		}
+		s.queue.push(pending{kind: pendExecute, track: ts, prep: pe})
 		s.sout.append(msg...)
 		return 0, nil
 	case bp.stmt.Refuse:

@@ -120,6 +120,9 @@ type prepared struct {
 	// the server got (see planExecuteParse).
 	execute *rewrite.Statement
 	sent    string
+	// A PREPARE, DEALLOCATE or DISCARD ALL prepared by a Parse: what an
+	// Execute of it does once complete.
+	effect prepEffect
 }
 
 // boundPortal is a portal bound to a guarded statement.
@@ -127,9 +130,10 @@ type boundPortal struct {
 	stmt           *rewrite.Statement
 	oids           []uint32
 	quietWhenEmpty bool
-	bind           []byte    // the Bind message, for a checked statement
-	run            *trackRun // tracked mode: this binding's run
-	described      bool      // its result formats are known (or need not be)
+	bind           []byte     // the Bind message, for a checked statement
+	run            *trackRun  // tracked mode: this binding's run
+	described      bool       // its result formats are known (or need not be)
+	effect         prepEffect // see prepared.effect
 }
 
 // staleDetail decodes the expected version and key values from the Bind.
