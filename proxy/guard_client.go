@@ -118,7 +118,7 @@ func (s *session) guardQuery(msg, sql []byte, changes bool) error {
 		rewritten = rewritten || acts[i].sql != ""
 	}
 	if !need {
-		s.queue.push(pending{kind: pendQuery, track: querySet(acts), prep: queryPrep(acts)})
+		s.pushPrep(pending{kind: pendQuery, track: querySet(acts), prep: queryPrep(acts)})
 		if !plan.Changed && !rewritten {
 			s.sout.append(msg...)
 			return nil
@@ -140,7 +140,7 @@ func (s *session) guardQuery(msg, sql []byte, changes bool) error {
 		if err := s.send(&pgproto3.Query{String: sqlOf(plan, acts)}); err != nil {
 			return err
 		}
-		s.check(pending{kind: pendQuery, check: c, track: querySet(acts), prep: queryPrep(acts)})
+		s.check(pending{kind: pendQuery, check: c, track: querySet(acts)}) // one statement, checked: no PREPARE
 		return nil
 	}
 	// Run the statements as an extended-protocol pipeline, which
@@ -284,7 +284,7 @@ func (s *session) continuePipeline(t *translation) error {
 			g.res.changed()
 		}
 		if !a.check {
-			s.queue.push(pending{kind: pendExecute, track: ts, prep: onePrep(a.prep)})
+			s.pushPrep(pending{kind: pendExecute, track: ts, prep: onePrep(a.prep)})
 			continue
 		}
 		c := s.checks.start(checkPipeline, a.stmt)
@@ -292,7 +292,7 @@ func (s *session) continuePipeline(t *translation) error {
 		if err := s.send(&pgproto3.Flush{}); err != nil {
 			return err
 		}
-		s.check(pending{kind: pendExecute, check: c, track: ts, prep: onePrep(a.prep)})
+		s.check(pending{kind: pendExecute, check: c, track: ts})
 		return nil
 	}
 	s.queue.push(pending{kind: pendSync})
@@ -608,7 +608,7 @@ func (s *session) onExecute(msg, rest []byte) (int, error) {
 		if bp != nil {
 			pe = onePrep(bp.effect)
 		}
-		s.queue.push(pending{kind: pendExecute, track: ts, prep: pe})
+		s.pushPrep(pending{kind: pendExecute, track: ts, prep: pe})
 		s.sout.append(msg...)
 		return 0, nil
 	case bp.stmt.Refuse:

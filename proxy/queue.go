@@ -139,6 +139,9 @@ func (q *responseQueue) pop() (pending, bool) {
 	e := q.at(0)
 	p := *e
 	*e = pending{}
+	if p.prep != nil {
+		p.prep.done = true // applied, or never run
+	}
 	q.head = (q.head + 1) & (len(q.ring) - 1)
 	q.n--
 	if q.n == 0 {

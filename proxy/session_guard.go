@@ -33,6 +33,9 @@ type sessionGuard struct {
 
 	store *versionStore // tracked mode: the versions this session read; nil when no table is tracked
 
+	// SQL-level PREPARE, DEALLOCATE, DISCARD ALL in flight (sqlprepare.go).
+	inflight []*prepEffects
+
 	// The texts of the named statements the session prepared, so that one
 	// prepared under plans that may be wrong now is prepared again when
 	// it is next bound (replanAtBind). epoch counts the changes that may
@@ -243,6 +246,7 @@ func (s *session) adoptGuard(db *dbGuard, gen int64) {
 			sg.stmts, sg.portals = old.stmts, old.portals
 			sg.changers, sg.changerPortals = old.changers, old.changerPortals
 			sg.texts, sg.textBytes, sg.epoch = old.texts, old.textBytes, old.epoch
+			sg.inflight = old.inflight
 			sg.plansMayBeWrong()
 			switch {
 			case old.store != nil && sg.store != nil:
@@ -299,5 +303,6 @@ func (g *sessionGuard) bare() *sessionGuard {
 		texts:          g.texts,
 		textBytes:      g.textBytes,
 		epoch:          g.epoch,
+		inflight:       g.inflight,
 	}
 }

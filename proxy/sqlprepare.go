@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"slices"
 	"strconv"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -48,6 +49,7 @@ type prepEffect struct {
 type prepEffects struct {
 	list []prepEffect
 	i    int
+	done bool // its request has left the response queue
 }
 
 // prepEffectOf is what st will do to the prepared statements.
@@ -114,9 +116,7 @@ func (s *session) onPrepComplete(p pending, msg []byte) {
 		return
 	}
 	e := pe.list[pe.i]
-	if p.kind == pendQuery {
-		pe.i++ // the next completion ends the next statement
-	}
+	pe.i++ // a simple query's next completion ends its next statement
 	if serverMsg(msg[0]) == msgCommandComplete && e.op != prepNone && s.guard != nil {
 		s.guard.applyPrep(e)
 	}
@@ -137,7 +137,42 @@ func (ov *prepOverlay) lookup(name string) *prepared {
 	if ov.all {
 		return nil
 	}
-	return ov.g.stmts[name]
+	return ov.g.prepared(name)
+}
+
+// prepared is the session's prepared statement name as the server will
+// hold it once the requests in flight have run: their effects not yet
+// applied count, the latest first (a client may send the next simple query
+// before the answer to the one that prepares a statement).
+func (g *sessionGuard) prepared(name string) *prepared {
+	for i := len(g.inflight) - 1; i >= 0; i-- {
+		pe := g.inflight[i]
+		if pe.done {
+			continue
+		}
+		for j := len(pe.list) - 1; j >= pe.i; j-- {
+			switch e := pe.list[j]; e.op {
+			case prepSet, prepDrop:
+				if e.name == name {
+					return e.prep
+				}
+			case prepDropAll, prepDiscardAll:
+				return nil
+			}
+		}
+	}
+	return g.stmts[name]
+}
+
+// pushPrep queues a request whose statements may prepare or drop
+// statements, and keeps their effects in flight until it is answered.
+func (s *session) pushPrep(p pending) {
+	if !s.queue.push(p) || p.prep == nil {
+		return
+	}
+	g := s.guard
+	g.inflight = slices.DeleteFunc(g.inflight, func(pe *prepEffects) bool { return pe.done })
+	g.inflight = append(g.inflight, p.prep)
 }
 
 func (ov *prepOverlay) apply(e prepEffect) {
@@ -266,7 +301,7 @@ func (s *session) planExecuteParse(st *rewrite.Statement) (sql string, rec *prep
 	if st.ExecuteName == "" {
 		return "", nil, false
 	}
-	target := g.stmts[st.ExecuteName]
+	target := g.prepared(st.ExecuteName)
 	if target == nil || !target.injected && (st.Kind != rewrite.KindExecute || target.plan.Policy == nil) {
 		return "", nil, false
 	}

@@ -292,6 +292,18 @@ func TestTranscriptTrackedSQLPrepare(t *testing.T) {
 			server(cc("UPDATE 1"), ready('I')),
 			clientGets(cc("UPDATE 1"), ready('I')),
 		},
+		// The EXECUTE sent before the PREPARE's answer has come back:
+		// the PREPARE in flight counts.
+		"PREPARE in flight": together([]step{
+			client(query(prep), query("EXECUTE u(7)")),
+			serverGets(query(p.Inject.SQL), query("EXECUTE u(7, NULL)")),
+			server(cc("PREPARE"), ready('I'), cc("UPDATE 1"), ready('I')),
+			clientGets(cc("PREPARE"), ready('I'), cc("UPDATE 1"), ready('I')),
+			client(query("DEALLOCATE u"), query("EXECUTE u(7)")),
+			serverGets(query("DEALLOCATE u"), query("EXECUTE u(7)")),
+			server(cc("DEALLOCATE"), ready('I'), cc("SELECT 1"), ready('I')),
+			clientGets(cc("DEALLOCATE"), ready('I'), cc("SELECT 1"), ready('I')),
+		}),
 		// A DEALLOCATE the server refused (aborted transaction) forgets
 		// nothing.
 		"failed DEALLOCATE": join(prepared, []step{
