@@ -271,7 +271,7 @@ var bareRewriter = rewrite.New(nil, rewrite.Options{})
 // any more (a reload): nil, unless the session holds statements prepared
 // with the injected version parameter, whose every EXECUTE and Bind must
 // still supply it. Then it keeps those and follows only PREPARE, EXECUTE,
-// DEALLOCATE and DISCARD, until the last of them is gone.
+// DEALLOCATE and DISCARD (until the next reload).
 func (g *sessionGuard) bare() *sessionGuard {
 	if g == nil {
 		return nil

@@ -46,7 +46,7 @@ func (s *session) trackAction(a *action, src *rewrite.Statement) {
 		}
 		return
 	}
-	// An EXECUTE's statement was prepared without the injected predicate.
+	// An EXECUTE gets its version as an argument (injectExecute).
 	if st.Inject == nil || src.Kind == rewrite.KindExecute || !run.keyOK {
 		return
 	}
