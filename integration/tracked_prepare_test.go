@@ -233,8 +233,9 @@ func TestTrackedPrepareExecute(t *testing.T) {
 				t.Fatal(err)
 			}
 			pe = execCode(t, c, m.mode, "EXECUTE u(1, 20)", "VL409")
-			if want := fmt.Sprintf("expected version %d, current version %d (id=1)", v-1, v); pe.Detail != want || pe.TableName != "counter" || pe.SchemaName != "public" || pe.ColumnName != "version" {
-				t.Errorf("VL409: detail %q table %s.%s column %s; want %q", pe.Detail, pe.SchemaName, pe.TableName, pe.ColumnName, want)
+			if want := fmt.Sprintf("expected version %d, current version %d (id=1)", v-1, v); pe.Detail != want || pe.TableName != "counter" || pe.SchemaName != "public" || pe.ColumnName != "version" ||
+				pe.Message != "stale record: public.counter was changed by another transaction" || pe.Hint != "re-read the row and retry" {
+				t.Errorf("VL409: %q detail %q hint %q table %s.%s column %s; want %q", pe.Message, pe.Detail, pe.Hint, pe.SchemaName, pe.TableName, pe.ColumnName, want)
 			}
 			if n := readN(t, direct(t, db), "counter", 1); n != 99 {
 				t.Errorf("n = %d after the stale EXECUTE, want 99", n)
@@ -242,6 +243,11 @@ func TestTrackedPrepareExecute(t *testing.T) {
 			// Read again: accepted.
 			readN(t, c, "counter", 1)
 			execTag(t, c, m.mode, "EXECUTE u(1, 21)", "UPDATE 1")
+			// A rolled back write: the version it moved on to is undone.
+			execTag(t, c, pgx.QueryExecModeSimpleProtocol, "BEGIN", "BEGIN")
+			execTag(t, c, m.mode, "EXECUTE u(1, 22)", "UPDATE 1")
+			execTag(t, c, pgx.QueryExecModeSimpleProtocol, "ROLLBACK", "ROLLBACK")
+			execTag(t, c, m.mode, "EXECUTE u(1, 23)", "UPDATE 1")
 
 			// Required: read first, then accepted and checked.
 			readN(t, c, "rcounter", 2)
