@@ -28,6 +28,10 @@
 //     (CommandComplete, ErrorResponse, ReadyForQuery) and what follows
 //     them: the reply to the client, or the stale error the server is made
 //     to raise (stale.go).
+//   - sqlprepare.go: SQL-level PREPARE, EXECUTE, DEALLOCATE and DISCARD
+//     ALL: what they do to the session's prepared statements, followed
+//     from the server's answers, and the extra argument every EXECUTE of
+//     a statement prepared with the injected version parameter needs.
 //   - ownquery.go: the proxy's own questions during the relay (name
 //     resolution, discovery after a reload), answered to the proxy alone.
 //   - protocol.go: the vocabulary: message types per direction, frame

@@ -378,5 +378,5 @@ func (s *session) popIf(kinds ...pendingKind) {
 // popped) or a checked statement.
 func (s *session) wantComplete() bool {
 	p, ok := s.queue.peek()
-	return ok && (p.kind == pendExecute || p.check != nil || p.track != nil) || s.watchingTags()
+	return ok && (p.kind == pendExecute || p.check != nil || p.track != nil || p.prep != nil) || s.watchingTags()
 }

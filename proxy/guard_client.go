@@ -99,34 +99,31 @@ func (s *session) guardQuery(msg, sql []byte, changes bool) error {
 			delete(g.stmts, "")
 			delete(g.portals, "")
 			t := &translation{plan: base, acts: make([]action, len(base.Statements)), dynamic: true}
+			t.ov.g = g
+			first := prepOverlay{g: g} // each statement is planned again in its turn, under t.ov
 			for i := range base.Statements {
-				t.acts[i] = g.actionFor(&base.Statements[i])
-				if g.store != nil {
-					s.trackAction(&t.acts[i], &base.Statements[i])
-				}
+				t.acts[i] = s.planStatement(&base.Statements[i], &first)
 			}
 			return s.continuePipeline(t)
 		}
 	}
-	g.trackPrepared(plan)
 
 	// What each statement needs at run time: a check, a refusal, or nothing.
 	acts := make([]action, len(plan.Statements))
-	need := false
+	need, rewritten := false, false
+	ov := prepOverlay{g: g}
 	for i := range plan.Statements {
-		acts[i] = g.actionFor(&plan.Statements[i])
-		if g.store != nil {
-			s.trackAction(&acts[i], &plan.Statements[i])
-		}
+		acts[i] = s.planStatement(&plan.Statements[i], &ov)
 		need = need || acts[i].refuse || acts[i].check
+		rewritten = rewritten || acts[i].sql != ""
 	}
 	if !need {
-		s.queue.push(pending{kind: pendQuery, track: querySet(acts)})
-		if !plan.Changed {
+		s.pushPrep(pending{kind: pendQuery, track: querySet(acts), prep: queryPrep(acts)})
+		if !plan.Changed && !rewritten {
 			s.sout.append(msg...)
 			return nil
 		}
-		return s.send(&pgproto3.Query{String: plan.SQL})
+		return s.send(&pgproto3.Query{String: sqlOf(plan, acts)})
 	}
 	// A single statement goes as it is, unless its zero-row run could
 	// write something that the implicit transaction would commit before the
@@ -143,7 +140,7 @@ func (s *session) guardQuery(msg, sql []byte, changes bool) error {
 		if err := s.send(&pgproto3.Query{String: sqlOf(plan, acts)}); err != nil {
 			return err
 		}
-		s.check(pending{kind: pendQuery, check: c, track: querySet(acts)})
+		s.check(pending{kind: pendQuery, check: c, track: querySet(acts)}) // one statement, checked: no PREPARE
 		return nil
 	}
 	// Run the statements as an extended-protocol pipeline, which
@@ -161,20 +158,25 @@ type action struct {
 	refuse bool
 	check  bool
 	source *rewrite.Statement // the statement as written (an EXECUTE carries the values)
-	sql    string             // tracked mode: the statement with the version it read, when not stmt's own
+	sql    string             // the text to send, when not stmt's own: with the version read, or a PREPARE or EXECUTE with the injected parameter
 	run    *trackRun          // tracked mode: its result and write, followed
+	exec   *prepared          // an EXECUTE's (also wrapped) prepared statement, if guarded
+	prep   prepEffect         // what it does to the prepared statements, once done
 }
 
 // actionFor is what a planned statement needs at run time: a check, a
-// refusal, or nothing. An EXECUTE takes its prepared statement's plan.
-func (g *sessionGuard) actionFor(st *rewrite.Statement) action {
+// refusal, or nothing. An EXECUTE takes its prepared statement's plan, the
+// prepared statements being as ov says.
+func (g *sessionGuard) actionFor(st *rewrite.Statement, ov *prepOverlay) action {
 	eff := st
-	if st.Kind == rewrite.KindExecute {
-		if p := g.stmts[st.ExecuteName]; p != nil {
-			eff = p.plan
+	var exec *prepared
+	if st.ExecuteName != "" {
+		exec = ov.lookup(st.ExecuteName)
+		if exec != nil && st.Kind == rewrite.KindExecute {
+			eff = exec.plan
 		}
 	}
-	a := action{stmt: eff, refuse: eff.Refuse}
+	a := action{stmt: eff, refuse: eff.Refuse, exec: exec}
 	if eff.Checked {
 		a.source, a.check = st, true
 	}
@@ -201,6 +203,7 @@ type translation struct {
 	// resolving a name); each that names a guarded table unqualified is
 	// planned when its turn comes, under the resolution in force then.
 	dynamic bool
+	ov      prepOverlay // dynamic: the prepared statements as the next statement sees them
 }
 
 // planInTurn plans statement i of a dynamic translation under the current
@@ -233,12 +236,8 @@ func (s *session) planInTurn(t *translation, i int) (bool, string) {
 		return true, reject
 	}
 	if len(p.Statements) == 1 {
-		g.trackPrepared(p)
 		t.plan.Statements[i] = p.Statements[0]
-		t.acts[i] = g.actionFor(&t.plan.Statements[i])
-		if g.store != nil {
-			s.trackAction(&t.acts[i], &t.plan.Statements[i])
-		}
+		t.acts[i] = s.planStatement(&t.plan.Statements[i], &t.ov)
 	}
 	return true, ""
 }
@@ -285,7 +284,7 @@ func (s *session) continuePipeline(t *translation) error {
 			g.res.changed()
 		}
 		if !a.check {
-			s.queue.push(pending{kind: pendExecute, track: ts})
+			s.pushPrep(pending{kind: pendExecute, track: ts, prep: onePrep(a.prep)})
 			continue
 		}
 		c := s.checks.start(checkPipeline, a.stmt)
@@ -388,6 +387,29 @@ func (s *session) planParse(name, query, tail []byte, nOids int) (sql string, se
 		return "", nil, true
 	}
 	st := &plan.Statements[0]
+	if e := g.prepEffectOf(st); e.op != prepNone {
+		// PREPARE, DEALLOCATE, DISCARD ALL in a Parse: followed when an
+		// Execute of it completes, as in a simple query.
+		g.stmts[string(name)] = &prepared{plan: &rewrite.Statement{SQL: st.SQL, Kind: st.Kind, Command: st.Command}, effect: e}
+		if e.prep != nil && e.prep.injected {
+			s.srv.metrics.rewritten.Add(1)
+			return e.prep.plan.Inject.SQL, tail, false
+		}
+		if !plan.Changed {
+			return "", nil, true
+		}
+		s.srv.metrics.rewritten.Add(1)
+		return plan.SQL, tail, false
+	}
+	if sql, rec, ok := s.planExecuteParse(st); ok {
+		if rec != nil {
+			g.stmts[string(name)] = rec
+		}
+		if sql == "" {
+			return "", nil, true
+		}
+		return sql, []byte{0, 0}, false
+	}
 	if st.Policy != nil || g.store != nil && needsTracking(st) {
 		e, key := prev, ""
 		if e == nil {
@@ -469,6 +491,11 @@ func (s *session) onBind(msg []byte) error {
 			s.replanAtBind(stmtName)
 		}
 	}
+	if ok {
+		if prep := g.stmts[unsafeString(stmtName)]; prep != nil && prep.execute != nil {
+			s.rebakeExecute(stmtName, prep) // before the Bind, which it may prepare again
+		}
+	}
 	s.queue.push(pending{kind: pendBind})
 	if !ok {
 		return protoErrorf("Bind: missing string terminator")
@@ -498,11 +525,15 @@ func (s *session) onBind(msg []byte) error {
 		g.portals[string(portal)] = bp
 	}
 	bp.stmt, bp.oids, bp.quietWhenEmpty = prep.plan, prep.oids, prep.quietWhenEmpty
-	bp.run, bp.described = nil, false
+	bp.run, bp.described, bp.effect = nil, false, prep.effect
 	if g.store != nil && needsTracking(prep.plan) {
 		msg, bp.stmt, bp.run = s.trackBind(prep, msg)
 		bp.described = bp.run == nil || textResults(rest)
 		msg = withHiddenFormats(msg, len(prep.plan.Hidden))
+	} else if prep.injected {
+		// Nothing is tracked any more (a reload): the server's statement
+		// still has the injected parameter, which gets NULL.
+		msg = bindNullInjected(prep, msg)
 	}
 	if bp.stmt.Checked {
 		// Kept to describe a stale result; decoded only then.
@@ -573,7 +604,11 @@ func (s *session) onExecute(msg, rest []byte) (int, error) {
 	}
 	switch {
 	case bp == nil || (!bp.stmt.Checked && !bp.stmt.Refuse):
-		s.queue.push(pending{kind: pendExecute, track: ts})
+		var pe *prepEffects
+		if bp != nil {
+			pe = onePrep(bp.effect)
+		}
+		s.pushPrep(pending{kind: pendExecute, track: ts, prep: pe})
 		s.sout.append(msg...)
 		return 0, nil
 	case bp.stmt.Refuse:

@@ -14,6 +14,9 @@ import (
 func (s *session) onCommandComplete(msg []byte) {
 	p, _ := s.queue.peek()
 	s.trackComplete(p.track, msg)
+	if p.prep != nil {
+		s.onPrepComplete(p, msg)
+	}
 	if p.kind == pendExecute {
 		s.queue.pop()
 	}

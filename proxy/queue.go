@@ -54,8 +54,9 @@ type pending struct {
 	kind   pendingKind
 	answer answerAction
 	seen   observation
-	check  *checkState // a checked statement: zero rows affected is a conflict
-	track  *trackSet   // tracked mode: its result sets are stripped and captured (tracked_rows.go)
+	check  *checkState  // a checked statement: zero rows affected is a conflict
+	track  *trackSet    // tracked mode: its result sets are stripped and captured (tracked_rows.go)
+	prep   *prepEffects // SQL-level PREPARE, DEALLOCATE, DISCARD ALL: applied when done (sqlprepare.go)
 }
 
 // maxInFlight is the number of requests in flight at which the relay stops
@@ -138,6 +139,9 @@ func (q *responseQueue) pop() (pending, bool) {
 	e := q.at(0)
 	p := *e
 	*e = pending{}
+	if p.prep != nil {
+		p.prep.done = true // applied, or never run
+	}
 	q.head = (q.head + 1) & (len(q.ring) - 1)
 	q.n--
 	if q.n == 0 {

@@ -33,6 +33,9 @@ type sessionGuard struct {
 
 	store *versionStore // tracked mode: the versions this session read; nil when no table is tracked
 
+	// SQL-level PREPARE, DEALLOCATE, DISCARD ALL in flight (sqlprepare.go).
+	inflight []*prepEffects
+
 	// The texts of the named statements the session prepared, so that one
 	// prepared under plans that may be wrong now is prepared again when
 	// it is next bound (replanAtBind). epoch counts the changes that may
@@ -115,6 +118,14 @@ type prepared struct {
 	oids           []uint32 // parameter types given by the client, for decoding binary values
 	quietWhenEmpty bool     // a run that affects no row writes nothing (see syncAhead)
 	injected       bool     // tracked mode: prepared with the injected version parameter
+	// A statement whose text is an EXECUTE of an injected one, prepared
+	// with the version as a literal argument: the EXECUTE and the text
+	// the server got (see planExecuteParse).
+	execute *rewrite.Statement
+	sent    string
+	// A PREPARE, DEALLOCATE or DISCARD ALL prepared by a Parse: what an
+	// Execute of it does once complete.
+	effect prepEffect
 }
 
 // boundPortal is a portal bound to a guarded statement.
@@ -122,9 +133,10 @@ type boundPortal struct {
 	stmt           *rewrite.Statement
 	oids           []uint32
 	quietWhenEmpty bool
-	bind           []byte    // the Bind message, for a checked statement
-	run            *trackRun // tracked mode: this binding's run
-	described      bool      // its result formats are known (or need not be)
+	bind           []byte     // the Bind message, for a checked statement
+	run            *trackRun  // tracked mode: this binding's run
+	described      bool       // its result formats are known (or need not be)
+	effect         prepEffect // see prepared.effect
 }
 
 // staleDetail decodes the expected version and key values from the Bind.
@@ -181,43 +193,6 @@ func (g *sessionGuard) plan(sql string) (*rewrite.Plan, string) {
 	return nil, ""
 }
 
-// trackPrepared follows SQL-level PREPARE, DEALLOCATE and DISCARD ALL, as
-// the parser reads them.
-func (g *sessionGuard) trackPrepared(plan *rewrite.Plan) {
-	for i := range plan.Statements {
-		st := &plan.Statements[i]
-		switch st.Kind {
-		case rewrite.KindPrepare:
-			if st.Inner != nil && (st.Inner.Policy != nil || g.store != nil && needsTracking(st.Inner)) {
-				g.stmts[st.PrepareName] = &prepared{plan: st.Inner}
-			} else {
-				delete(g.stmts, st.PrepareName)
-			}
-		case rewrite.KindDeallocate:
-			if st.DeallocateAll {
-				clear(g.stmts)
-				clear(g.changers)
-				g.forgetTexts()
-			} else {
-				delete(g.stmts, st.DeallocateName)
-				delete(g.changers, st.DeallocateName)
-				g.forgetText(st.DeallocateName)
-			}
-		case rewrite.KindDiscard:
-			if st.Discard == rewrite.DiscardAll { // DISCARD PLANS keeps prepared statements
-				clear(g.stmts)
-				clear(g.changers)
-				g.forgetTexts()
-				if g.store != nil {
-					// A pooler handing the connection to another
-					// client: what this one read is not the next one's.
-					g.store.forgetAll()
-				}
-			}
-		}
-	}
-}
-
 // followReload moves an idle session to the current configuration
 // generation: the database's facts are taken from the registry when some
 // session has discovered them, or discovered now through this session's
@@ -229,7 +204,7 @@ func (s *session) followReload() {
 	reg := s.srv.guards
 	db, gen := reg.current(s.database)
 	if db == nil {
-		s.guard, s.guardGen = nil, gen
+		s.guard, s.guardGen = s.guard.bare(), gen
 		return
 	}
 	switch db.status() {
@@ -271,6 +246,7 @@ func (s *session) adoptGuard(db *dbGuard, gen int64) {
 			sg.stmts, sg.portals = old.stmts, old.portals
 			sg.changers, sg.changerPortals = old.changers, old.changerPortals
 			sg.texts, sg.textBytes, sg.epoch = old.texts, old.textBytes, old.epoch
+			sg.inflight = old.inflight
 			sg.plansMayBeWrong()
 			switch {
 			case old.store != nil && sg.store != nil:
@@ -281,6 +257,52 @@ func (s *session) adoptGuard(db *dbGuard, gen int64) {
 			}
 		}
 		sg.res.unsure = true // the new names are asked before the next planned statement
+	} else {
+		sg = s.guard.bare()
 	}
 	s.guard, s.guardGen, s.inBatch = sg, gen, false
+}
+
+// bareRewriter plans for a guard without policies: it only reads PREPARE,
+// EXECUTE, DEALLOCATE and DISCARD.
+var bareRewriter = rewrite.New(nil, rewrite.Options{})
+
+// bare is what is left of a guard when no table of the database is guarded
+// any more (a reload): nil, unless the session holds statements prepared
+// with the injected version parameter, whose every EXECUTE and Bind must
+// still supply it. Then it keeps those and follows only PREPARE, EXECUTE,
+// DEALLOCATE and DISCARD (until the next reload).
+func (g *sessionGuard) bare() *sessionGuard {
+	if g == nil {
+		return nil
+	}
+	injected := false
+	for _, p := range g.stmts {
+		injected = injected || p.injected
+	}
+	if !injected {
+		if g.store != nil {
+			g.store.close()
+		}
+		return nil
+	}
+	if g.store != nil {
+		g.store.close()
+	}
+	return &sessionGuard{
+		rw:             bareRewriter,
+		staleCode:      g.staleCode,
+		requiredCode:   g.requiredCode,
+		onParseError:   "forward",
+		log:            g.log,
+		metrics:        g.metrics,
+		stmts:          g.stmts,
+		portals:        g.portals,
+		changers:       g.changers,
+		changerPortals: g.changerPortals,
+		texts:          g.texts,
+		textBytes:      g.textBytes,
+		epoch:          g.epoch,
+		inflight:       g.inflight,
+	}
 }

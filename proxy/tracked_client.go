@@ -46,7 +46,7 @@ func (s *session) trackAction(a *action, src *rewrite.Statement) {
 		}
 		return
 	}
-	// An EXECUTE's statement was prepared without the injected predicate.
+	// An EXECUTE gets its version as an argument (injectExecute).
 	if st.Inject == nil || src.Kind == rewrite.KindExecute || !run.keyOK {
 		return
 	}
@@ -191,6 +191,16 @@ func (s *session) trackBind(prep *prepared, msg []byte) ([]byte, *rewrite.Statem
 			run.st, run.expected, run.hasExpected = &cp, v, true
 		}
 	}
+	out, err := appendParam(&b, value)
+	if err != nil {
+		return msg, st, run
+	}
+	return out, eff, run
+}
+
+// appendParam is the Bind b with one more parameter value, in text format
+// (nil: NULL, the statement unchecked).
+func appendParam(b *pgproto3.Bind, value []byte) ([]byte, error) {
 	switch len(b.ParameterFormatCodes) {
 	case 0: // all text, the injected value too
 	case 1:
@@ -204,12 +214,22 @@ func (s *session) trackBind(prep *prepared, msg []byte) ([]byte, *rewrite.Statem
 	default:
 		b.ParameterFormatCodes = append(b.ParameterFormatCodes, 0)
 	}
-	b.Parameters = append(b.Parameters, value) // nil: NULL, the statement unchecked
-	out, err := b.Encode(nil)
-	if err != nil {
-		return msg, st, run
+	b.Parameters = append(b.Parameters, value)
+	return b.Encode(nil)
+}
+
+// bindNullInjected gives a Bind of a statement prepared with the injected
+// parameter NULL there (unchecked), when it binds the client's parameters.
+func bindNullInjected(prep *prepared, msg []byte) []byte {
+	var b pgproto3.Bind
+	if err := b.Decode(frameBody(msg)); err != nil || len(b.Parameters) != prep.plan.Inject.Param-1 {
+		return msg
 	}
-	return out, eff, run
+	out, err := appendParam(&b, nil)
+	if err != nil {
+		return msg
+	}
+	return out
 }
 
 // resultFormats finds a Bind's result-format codes: their count and the

@@ -211,3 +211,140 @@ func TestTrackedCaptureChecksTable(t *testing.T) {
 		})
 	}
 }
+
+// TestTranscriptTrackedSQLPrepare: a SQL-level PREPARE of a tracked write
+// goes in its Inject form once the server has completed it, and each
+// EXECUTE of it carries the version read (checked) or NULL, however it is
+// sent.
+func TestTranscriptTrackedSQLPrepare(t *testing.T) {
+	const prep = "PREPARE u(int) AS UPDATE address SET state = 'y' WHERE id = $1"
+	p := planned(t, prep)
+	if p.Inject == nil {
+		t.Fatal("no injection for the PREPARE")
+	}
+	const read = "SELECT state FROM address WHERE id = 7"
+	state := field("state", 25, 3, 0)
+	hidden := []pgproto3.FieldDescription{field("pgoptimist_1", 23, 1, 0), field("pgoptimist_2", 23, 2, 0)}
+	readSimple := []step{
+		client(query(read)),
+		serverGets(query(planned(t, read).SQL)),
+		server(rowDesc(state, hidden[0], hidden[1]), dataRow([]byte("x"), []byte("7"), []byte("2")), cc("SELECT 1"), ready('I')),
+		clientGets(rowDesc(state), dataRow([]byte("x")), cc("SELECT 1"), ready('I')),
+	}
+	prepared := []step{
+		client(query(prep)),
+		serverGets(query(p.Inject.SQL)),
+		server(cc("PREPARE"), ready('I')),
+		clientGets(cc("PREPARE"), ready('I')),
+	}
+	detail := "expected version 2, current version 3 (id=7)"
+	nameTaken := &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "42P05", Message: `prepared statement "u" already exists`}
+	runTracked(t, map[string]transcript{
+		"read, then EXECUTE checked and stale": join(readSimple, prepared, []step{
+			client(query("EXECUTE u(7)")),
+			serverGets(query("EXECUTE u(7, '2')")),
+			server(cc("UPDATE 0"), ready('I')),
+			clientGets(),
+			serverGets(staleQuery("2", "7")),
+			server(raised(staleError(detail)), ready('I')),
+			clientGets(relayed(staleError(detail)), ready('I')),
+		}),
+		"own write moves on": join(readSimple, prepared, []step{
+			client(query("EXECUTE u(7)")),
+			serverGets(query("EXECUTE u(7, '2')")),
+			server(cc("UPDATE 1"), ready('I')),
+			clientGets(cc("UPDATE 1"), ready('I')),
+			client(query("EXECUTE u(7)")),
+			serverGets(query("EXECUTE u(7, '3')")),
+			server(cc("UPDATE 1"), ready('I')),
+			clientGets(cc("UPDATE 1"), ready('I')),
+		}),
+		"never read: NULL": join(prepared, []step{
+			client(query("EXECUTE u(7)")),
+			serverGets(query("EXECUTE u(7, NULL)")),
+			server(cc("UPDATE 1"), ready('I')),
+			clientGets(cc("UPDATE 1"), ready('I')),
+		}),
+		// The server refused the PREPARE: the EXECUTE reaches the
+		// statement the name had, as written.
+		"failed PREPARE": join(readSimple, []step{
+			client(query(prep)),
+			serverGets(query(p.Inject.SQL)),
+			server(nameTaken, ready('I')),
+			clientGets(nameTaken, ready('I')),
+			client(query("EXECUTE u(7)")),
+			serverGets(query("EXECUTE u(7)")),
+			server(cc("SELECT 1"), ready('I')),
+			clientGets(cc("SELECT 1"), ready('I')),
+		}),
+		// In one query: the EXECUTE sees the PREPARE before it.
+		"PREPARE and EXECUTE in one query": {
+			client(query(prep + "; EXECUTE u(7)")),
+			serverGets(query(p.Inject.SQL + ";\nEXECUTE u(7, NULL)")),
+			server(cc("PREPARE"), cc("UPDATE 1"), ready('I')),
+			clientGets(cc("PREPARE"), cc("UPDATE 1"), ready('I')),
+			client(query("DEALLOCATE u")),
+			serverGets(query("DEALLOCATE u")),
+			server(cc("DEALLOCATE"), ready('I')),
+			clientGets(cc("DEALLOCATE"), ready('I')),
+			client(query("EXECUTE u(7)")),
+			serverGets(query("EXECUTE u(7)")),
+			server(cc("UPDATE 1"), ready('I')),
+			clientGets(cc("UPDATE 1"), ready('I')),
+		},
+		// The EXECUTE sent before the PREPARE's answer has come back:
+		// the PREPARE in flight counts.
+		"PREPARE in flight": together([]step{
+			client(query(prep), query("EXECUTE u(7)")),
+			serverGets(query(p.Inject.SQL), query("EXECUTE u(7, NULL)")),
+			server(cc("PREPARE"), ready('I'), cc("UPDATE 1"), ready('I')),
+			clientGets(cc("PREPARE"), ready('I'), cc("UPDATE 1"), ready('I')),
+			client(query("DEALLOCATE u"), query("EXECUTE u(7)")),
+			serverGets(query("DEALLOCATE u"), query("EXECUTE u(7)")),
+			server(cc("DEALLOCATE"), ready('I'), cc("SELECT 1"), ready('I')),
+			clientGets(cc("DEALLOCATE"), ready('I'), cc("SELECT 1"), ready('I')),
+		}),
+		// A DEALLOCATE the server refused (aborted transaction) forgets
+		// nothing.
+		"failed DEALLOCATE": join(prepared, []step{
+			client(query("DEALLOCATE u")),
+			serverGets(query("DEALLOCATE u")),
+			server(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "25P02", Message: "current transaction is aborted"}, ready('E')),
+			clientGets(&pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "25P02", Message: "current transaction is aborted"}, ready('E')),
+			client(query("ROLLBACK")),
+			serverGets(query("ROLLBACK")),
+			server(cc("ROLLBACK"), ready('I')),
+			clientGets(cc("ROLLBACK"), ready('I')),
+			client(query("EXECUTE u(7)")),
+			serverGets(query("EXECUTE u(7, NULL)")),
+			server(cc("UPDATE 1"), ready('I')),
+			clientGets(cc("UPDATE 1"), ready('I')),
+		}),
+		// In a Parse: the version as a literal argument, checked; sent
+		// with its Sync.
+		"EXECUTE in a Parse": together(readSimple, prepared, []step{
+			client(parse("", "EXECUTE u(7)"), bind("", ""), execute(""), syncMsg),
+			serverGets(parse("", "EXECUTE u(7, '2')"), bind("", ""), execute(""), syncMsg),
+			server(parseComplete, bindComplete, cc("UPDATE 0"), ready('I')),
+			clientGets(parseComplete, bindComplete),
+			serverGets(staleQuery("2", "7")),
+			server(raised(staleError(detail)), ready('I')),
+			clientGets(relayed(staleError(detail)), ready('I')),
+		}),
+		"EXPLAIN ANALYZE and CREATE TABLE AS": join(readSimple, prepared, []step{
+			client(query("EXPLAIN ANALYZE EXECUTE u(7)")),
+			serverGets(query("EXPLAIN ANALYZE EXECUTE u(7, NULL)")),
+			server(cc("EXPLAIN"), ready('I')),
+			clientGets(cc("EXPLAIN"), ready('I')),
+			// Its write is not followed: the row is forgotten.
+			client(query("EXECUTE u(7)")),
+			serverGets(query("EXECUTE u(7, NULL)")),
+			server(cc("UPDATE 1"), ready('I')),
+			clientGets(cc("UPDATE 1"), ready('I')),
+			client(query("CREATE TABLE t AS EXECUTE u(7) WITH NO DATA")),
+			serverGets(query("CREATE TABLE t AS EXECUTE u(7, NULL) WITH NO DATA")),
+			server(cc("CREATE TABLE AS"), ready('I')),
+			clientGets(cc("CREATE TABLE AS"), ready('I')),
+		}),
+	})
+}

@@ -191,6 +191,9 @@ func (pl *planner) statement(node *pg.Node, text string) (Statement, bool, error
 	case *pg.Node_MergeStmt:
 		changed = pl.embedded(&st, node, "")
 	case *pg.Node_ExplainStmt:
+		if pl.wrappedExecute(&st, node) {
+			return st, false, nil
+		}
 		if !explainAnalyze(n.ExplainStmt) {
 			walkFrom = nil // not executed: nothing to keep honest
 			break
@@ -220,6 +223,10 @@ func (pl *planner) statement(node *pg.Node, text string) (Statement, bool, error
 			st.Notes = append(st.Notes, "deallocates prepared statement "+QuoteIdent(st.DeallocateName))
 		}
 		return st, false, nil
+	case *pg.Node_CreateTableAsStmt:
+		if pl.wrappedExecute(&st, node) {
+			return st, false, nil
+		}
 	case *pg.Node_CreateFunctionStmt, *pg.Node_RuleStmt:
 		walkFrom = nil // bodies run later, not now
 	}
@@ -628,14 +635,58 @@ func (pl *planner) prepare(p *pg.PrepareStmt, text string) (Statement, bool, err
 	}
 	if inner.Inject != nil && pl.lastInject != nil {
 		// The whole PREPARE with the parameter form of the predicate; the
-		// parameter's type is left to the server to infer.
-		sql, _, _, err := pl.renderInject(wrapper, pl.lastInject)
+		// parameter's type is left to the server to infer. It comes after
+		// every parameter the PREPARE lists a type for, used or not: one
+		// of those would give it its (maybe other) type.
+		pi := *pl.lastInject
+		if n := len(p.Argtypes) + 1; !pl.template && n > pi.param {
+			pi.param = n
+		}
+		sql, _, _, err := pl.renderInject(wrapper, &pi)
 		if err != nil {
 			return st, false, err
 		}
-		st.Inject = &Injection{Param: inner.Inject.Param, Type: inner.Inject.Type, SQL: sql}
+		st.Inject = &Injection{Param: pi.param, Type: inner.Inject.Type, SQL: sql}
 	}
 	return st, changed, nil
+}
+
+// wrappedExecute notes the EXECUTE that an EXPLAIN or a CREATE TABLE AS
+// runs (possibly nested: EXPLAIN ANALYZE CREATE TABLE ... AS EXECUTE), so
+// that the proxy can give it the argument a PREPARE sent with an injected
+// version needs. It reports false when node wraps no EXECUTE.
+func (pl *planner) wrappedExecute(st *Statement, node *pg.Node) bool {
+	analyze, ctas := false, false
+	for {
+		switch n := node.GetNode().(type) {
+		case *pg.Node_ExplainStmt:
+			analyze = analyze || explainAnalyze(n.ExplainStmt)
+			node = n.ExplainStmt.Query
+			continue
+		case *pg.Node_CreateTableAsStmt:
+			ctas = true
+			node = n.CreateTableAsStmt.Query
+			continue
+		case *pg.Node_ExecuteStmt:
+			st.ExecuteName = n.ExecuteStmt.Name
+			for _, a := range n.ExecuteStmt.Params {
+				st.ExecuteArgs = append(st.ExecuteArgs, pl.valueOf(a))
+			}
+		default:
+			return false
+		}
+		break
+	}
+	switch {
+	case ctas:
+		st.ExecuteWrapped = WrapCreateTableAs
+	case analyze:
+		st.ExecuteWrapped = WrapExplainAnalyze
+	default:
+		st.ExecuteWrapped = WrapExplain
+	}
+	st.Notes = append(st.Notes, fmt.Sprintf("runs prepared statement %s with %d argument(s) inside another statement", QuoteIdent(st.ExecuteName), len(st.ExecuteArgs)))
+	return true
 }
 
 // embedded handles a data-modifying statement that runs inside another one

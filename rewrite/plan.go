@@ -85,6 +85,16 @@ const (
 	DiscardTemp                    // DISCARD TEMP
 )
 
+// ExecuteWrapper is how a statement other than EXECUTE runs an EXECUTE.
+type ExecuteWrapper int
+
+const (
+	WrapNone           ExecuteWrapper = iota // not wrapped (or no EXECUTE at all)
+	WrapExplain                              // EXPLAIN EXECUTE: planned, not run
+	WrapExplainAnalyze                       // EXPLAIN ANALYZE EXECUTE: run; its command tag is EXPLAIN
+	WrapCreateTableAs                        // CREATE TABLE ... AS EXECUTE (also under EXPLAIN): the server refuses any statement but a SELECT
+)
+
 // ValueKind says where a value in a statement comes from.
 type ValueKind int
 
@@ -148,9 +158,13 @@ type Statement struct {
 	// $n refer to the EXECUTE arguments.
 	PrepareName string
 	Inner       *Statement
-	// KindExecute: the prepared statement's name and its arguments.
-	ExecuteName string
-	ExecuteArgs []Value
+	// KindExecute: the prepared statement's name and its arguments. They
+	// are set too for a statement that runs an EXECUTE inside another
+	// (EXPLAIN [ANALYZE] EXECUTE, CREATE TABLE ... AS EXECUTE), whose Kind
+	// stays KindOther and whose ExecuteWrapped says how.
+	ExecuteName    string
+	ExecuteArgs    []Value
+	ExecuteWrapped ExecuteWrapper
 	// KindDeallocate.
 	DeallocateName string
 	DeallocateAll  bool
@@ -245,7 +259,12 @@ type Statement struct {
 //     type is left to inference even when the PREPARE lists types); every
 //     EXECUTE of it then needs one more argument: send the KindExecute
 //     statement's ExecuteWithExpected(version, false), or (.., true) for
-//     NULL. Inner.Inject is the body's.
+//     NULL. Inner.Inject is the body's; the PREPARE's Inject.Param can be
+//     higher than Inner.Inject.Param, when the PREPARE lists more types
+//     than its body uses: the added argument always comes after every
+//     argument the client gives. An EXECUTE run inside another statement
+//     (ExecuteWrapped) needs the extra argument as well:
+//     ExecuteWithExpected adds it to the EXECUTE wherever it stands.
 // A statement sent with a version is then exactly an explicitly checked
 // one: zero rows affected is a conflict (VL409), Keys and the version make
 // the detail. An explicit predicate always wins: Checked is set and Inject

@@ -221,7 +221,9 @@ func testTrackedPlans(t *testing.T, conn *pgx.Conn) {
 }
 
 // versionOf reads a row's version as text.
-func versionOf(t *testing.T, tx pgx.Tx, sql string) string {
+func versionOf(t *testing.T, tx interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, sql string) string {
 	var v string
 	if err := tx.QueryRow(context.Background(), sql).Scan(&v); err != nil {
 		t.Fatalf("%q: %v", sql, err)
@@ -354,6 +356,45 @@ func testTrackedInjection(t *testing.T, conn *pgx.Conn) {
 	var pe *pgconn.PgError
 	if _, err := tx.Exec(ctx, "EXECUTE p(1)", pgx.QueryExecModeSimpleProtocol); !errors.As(err, &pe) || pe.Code != "42601" {
 		t.Errorf("EXECUTE without the extra argument: %v, want a wrong-number-of-parameters error", err)
+	}
+	tx.Rollback(ctx)
+
+	// A PREPARE typing more parameters than its body uses, and the
+	// EXECUTE inside EXPLAIN ANALYZE and CREATE TABLE AS.
+	p, err = r.Plan("PREPARE q(int, int, text) AS UPDATE counter SET n = $2 WHERE id = $1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, p.Statements[0].Inject.SQL, pgx.QueryExecModeSimpleProtocol); err != nil {
+		t.Fatalf("%q: %v", p.Statements[0].Inject.SQL, err)
+	}
+	v = versionOf(t, conn, "SELECT version::text FROM counter WHERE id = 1")
+	for _, c := range []struct {
+		sql, version string
+		null         bool
+		tag, code    string
+	}{
+		{"EXECUTE q(1, 7, 'x')", "99", false, "UPDATE 0", ""},
+		{"EXECUTE q(1, 7, 'x')", v, false, "UPDATE 1", ""},
+		{"EXECUTE q(1, 8, 'x')", "", true, "UPDATE 1", ""},
+		{"EXPLAIN (ANALYZE, COSTS off) EXECUTE q(1, 9, 'x')", "", true, "EXPLAIN", ""},
+		{"EXPLAIN EXECUTE q(1, 9, 'x')", "", true, "EXPLAIN", ""},
+		{"CREATE TABLE t AS EXECUTE q(1, 9, 'x')", "", true, "", "42809"}, // prepared statement is not a SELECT
+	} {
+		e, err := r.Plan(c.sql, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sql := e.Statements[0].ExecuteWithExpected(c.version, c.null)
+		tag, err := conn.Exec(ctx, sql, pgx.QueryExecModeSimpleProtocol)
+		switch {
+		case c.code != "":
+			if !errors.As(err, &pe) || pe.Code != c.code {
+				t.Errorf("%q: %v, want SQLSTATE %s", sql, err, c.code)
+			}
+		case err != nil || tag.String() != c.tag:
+			t.Errorf("%q: %q, %v; want %q", sql, tag, err, c.tag)
+		}
 	}
 }
 

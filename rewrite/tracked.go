@@ -598,30 +598,80 @@ func (pl *planner) deparse(node *pg.Node) (string, error) {
 // ExecuteWithExpected returns an EXECUTE statement's text with one more
 // argument: the quoted literal, or NULL when null is true. It is for the
 // EXECUTE of a prepared statement whose PREPARE the proxy sent in its
-// Inject form. Other statements: SQL.
+// Inject form; an EXECUTE inside another statement (ExecuteWrapped) gets
+// it where it stands. Other statements: SQL.
 func (s *Statement) ExecuteWithExpected(literal string, null bool) string {
-	if s.Kind != KindExecute {
+	if s.Kind != KindExecute && s.ExecuteWrapped == WrapNone {
 		return s.SQL
 	}
 	arg := "NULL"
 	if !null {
 		arg = QuoteLiteral(literal)
 	}
-	// The last token is the closing bracket of the argument list, if any.
-	lastA, lastB, k := -1, -1, tokKind(0)
+	at, list := executeArgsAt(s.SQL, s.ExecuteName)
+	switch {
+	case at < 0:
+		return s.SQL
+	case list:
+		return s.SQL[:at] + ", " + arg + s.SQL[at:]
+	}
+	return s.SQL[:at] + "(" + arg + ")" + s.SQL[at:]
+}
+
+// executeArgsAt finds where "EXECUTE name" in sql takes one more argument:
+// at the closing bracket of its argument list (list true), or right after
+// the name when it has none. It returns -1 when there is no such EXECUTE.
+func executeArgsAt(sql, name string) (int, bool) {
+	var prev [2]token // the two tokens before the current one
 	for i := 0; ; {
-		kk, a, b := nextToken(s.SQL, i)
-		if kk == tokEOF {
-			break
+		k, a, b := nextToken(sql, i)
+		if k == tokEOF {
+			if prev[1].k != tokEOF && isExecuteOf(sql, prev[0], prev[1], name) {
+				return prev[1].b, false
+			}
+			return -1, false
 		}
-		lastA, lastB, k = a, b, kk
+		if prev[1].k != tokEOF && isExecuteOf(sql, prev[0], prev[1], name) {
+			if k != tokPunct || sql[a] != '(' {
+				return prev[1].b, false
+			}
+			depth := 0
+			for j := a; ; {
+				kk, aa, bb := nextToken(sql, j)
+				if kk == tokEOF {
+					return -1, false
+				}
+				if kk == tokPunct {
+					switch sql[aa] {
+					case '(', '[':
+						depth++
+					case ')', ']':
+						depth--
+						if depth == 0 {
+							return aa, true
+						}
+					}
+				}
+				j = bb
+			}
+		}
+		prev[0], prev[1] = prev[1], token{k, a, b}
 		i = b
 	}
-	if lastA >= 0 && k == tokPunct && s.SQL[lastA] == ')' {
-		return s.SQL[:lastA] + ", " + arg + s.SQL[lastA:]
+}
+
+// isExecuteOf reports whether the tokens kw, id of sql are EXECUTE and the
+// prepared statement's name (as stored: unquoted names folded).
+func isExecuteOf(sql string, kw, id token, name string) bool {
+	if kw.k != tokIdent || !strings.EqualFold(sql[kw.a:kw.b], "execute") {
+		return false
 	}
-	if lastB < 0 {
-		lastB = len(s.SQL)
+	switch id.k {
+	case tokIdent:
+		return strings.ToLower(sql[id.a:id.b]) == name
+	case tokQuotedIdent:
+		t := sql[id.a:id.b]
+		return len(t) >= 2 && t[0] == '"' && strings.ReplaceAll(t[1:len(t)-1], `""`, `"`) == name
 	}
-	return s.SQL[:lastB] + "(" + arg + ")" + s.SQL[lastB:]
+	return false
 }

@@ -1,6 +1,7 @@
 package rewrite
 
 import (
+	"strings"
 	"testing"
 
 	pg "github.com/pganalyze/pg_query_go/v5"
@@ -561,6 +562,70 @@ var trackedCases = []planCase{
 				sql:    "UPDATE counter SET n = n + 1, version = version + 1 WHERE id = $1",
 				inject: &wi{param: 2, sql: "UPDATE counter SET n = n + 1, version = version + 1 WHERE id = $1 AND (counter.version = $2 OR $2 IS NULL)"}}}},
 	},
+	{
+		// The PREPARE types a third parameter its body does not use: the
+		// injected one comes after it (a $3 would be text).
+		name: "SQL-level PREPARE listing more types than its body uses",
+		sql:  "PREPARE p(int, int, text) AS UPDATE counter SET n = $2 WHERE id = $1",
+		out:  "PREPARE p(int, int, text) AS UPDATE counter SET n = $2, version = version + 1 WHERE id = $1",
+		stmts: []ws{{kind: KindPrepare, prepare: "p",
+			inject: &wi{param: 4, sql: "PREPARE p(int, int, text) AS UPDATE counter SET n = $2, version = version + 1 WHERE id = $1 AND (counter.version = $4 OR $4 IS NULL)"},
+			inner: &ws{kind: KindUpdate, policy: "public.counter", inc: true, keys: []KeyValue{key("id", param(1))}, newVersion: NewVersionIncrement,
+				sql:    "UPDATE counter SET n = $2, version = version + 1 WHERE id = $1",
+				inject: &wi{param: 3, sql: "UPDATE counter SET n = $2, version = version + 1 WHERE id = $1 AND (counter.version = $3 OR $3 IS NULL)"}}}},
+	},
+}
+
+// TestExecuteWithExpectedWrapped: the extra argument lands in the
+// EXECUTE's own argument list, wherever the EXECUTE stands (EXPLAIN,
+// CREATE TABLE AS), and the result is the same EXECUTE with one more
+// argument.
+func TestExecuteWithExpectedWrapped(t *testing.T) {
+	r := New(trackedPolicies(), Options{Tracking: true})
+	cases := []struct {
+		sql  string
+		wrap ExecuteWrapper
+		want string
+	}{
+		{"EXECUTE u(1, 5)", WrapNone, "EXECUTE u(1, 5, '7')"},
+		{"execute u", WrapNone, "execute u('7')"},
+		{`EXECUTE "U" (f(1), ARRAY[(2)]) -- c`, WrapNone, `EXECUTE "U" (f(1), ARRAY[(2)], '7') -- c`},
+		{"EXPLAIN EXECUTE u(1)", WrapExplain, "EXPLAIN EXECUTE u(1, '7')"},
+		{"EXPLAIN (ANALYZE, BUFFERS off) EXECUTE u(1)", WrapExplainAnalyze, "EXPLAIN (ANALYZE, BUFFERS off) EXECUTE u(1, '7')"},
+		{"explain analyze execute u", WrapExplainAnalyze, "explain analyze execute u('7')"},
+		{"CREATE TABLE execute AS EXECUTE u(1) WITH NO DATA", WrapCreateTableAs, "CREATE TABLE execute AS EXECUTE u(1, '7') WITH NO DATA"},
+		{"CREATE TEMP TABLE t (a) AS EXECUTE u", WrapCreateTableAs, "CREATE TEMP TABLE t (a) AS EXECUTE u('7')"},
+		{"EXPLAIN ANALYZE CREATE TABLE t AS EXECUTE u(1)", WrapCreateTableAs, "EXPLAIN ANALYZE CREATE TABLE t AS EXECUTE u(1, '7')"},
+	}
+	for _, tc := range cases {
+		p, err := r.Plan(tc.sql, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		st := &p.Statements[0]
+		if st.ExecuteWrapped != tc.wrap || strings.ToLower(st.ExecuteName) != "u" {
+			t.Errorf("%q: wrapped %v, name %q; want %v, u", tc.sql, st.ExecuteWrapped, st.ExecuteName, tc.wrap)
+		}
+		got := st.ExecuteWithExpected("7", false)
+		if got != tc.want {
+			t.Errorf("%q: %q, want %q", tc.sql, got, tc.want)
+		}
+		if null := st.ExecuteWithExpected("", true); null != strings.Replace(tc.want, "'7'", "NULL", 1) {
+			t.Errorf("%q: with NULL %q", tc.sql, null)
+		}
+		if q, err := r.Plan(got, ""); err != nil || len(q.Statements[0].ExecuteArgs) != len(st.ExecuteArgs)+1 {
+			t.Errorf("%q: %q does not parse to one more argument (%v)", tc.sql, got, err)
+		}
+	}
+	for _, sql := range []string{"EXPLAIN SELECT 1", "CREATE TABLE t AS SELECT 1", "SELECT 'EXECUTE u'"} {
+		p, err := r.Plan(sql, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := &p.Statements[0]; st.ExecuteWrapped != WrapNone || st.ExecuteWithExpected("7", false) != st.SQL {
+			t.Errorf("%q: wrapped %v, %q", sql, st.ExecuteWrapped, st.ExecuteWithExpected("7", false))
+		}
+	}
 }
 
 func TestPlanTracked(t *testing.T) {
