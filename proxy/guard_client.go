@@ -91,6 +91,14 @@ func (s *session) guardQuery(msg, sql []byte, changes bool) error {
 		s.sout.append(msg...)
 		return nil
 	}
+	if g.store != nil && len(plan.Statements) == 1 && s.idle() && g.store.forgottenAtOnce(&plan.Statements[0]) {
+		// An autocommit read whose captures would be forgotten when its
+		// own implicit transaction ends, right after it, before any write
+		// could use them: sent as written, untracked.
+		s.queue.push(pending{kind: pendQuery})
+		s.sout.append(msg...)
+		return nil
+	}
 	if len(plan.Statements) > 1 && changes {
 		// A statement of this query may change what the names of the
 		// statements after it resolve to: each of those is planned when

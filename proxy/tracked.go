@@ -317,6 +317,24 @@ func needsTracking(st *rewrite.Statement) bool {
 	return st.Policy != nil && st.Policy.Tracked()
 }
 
+// forgottenAtOnce reports whether st, run alone in its own implicit
+// transaction, is a plain read whose captures scope transaction forgets
+// at that transaction's end: every table it captures is transaction-scoped,
+// and the rewriter changed nothing in it but the hidden columns (no
+// policy: it writes no guarded table).
+func (vs *versionStore) forgottenAtOnce(st *rewrite.Statement) bool {
+	if st.Kind != rewrite.KindOther || st.Command != rewrite.CommandSelect || st.Policy != nil ||
+		st.Inject != nil || st.NewVersion != rewrite.NewVersionNone || len(st.Captures) == 0 {
+		return false
+	}
+	for _, c := range st.Captures {
+		if vs.scopes[c.Policy.QualifiedName()] {
+			return false
+		}
+	}
+	return true
+}
+
 // forgetTable forgets every row of a table (a write of the table that the
 // tracking cannot follow row by row).
 func (vs *versionStore) forgetTable(table string) {

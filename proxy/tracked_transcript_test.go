@@ -348,3 +348,57 @@ func TestTranscriptTrackedSQLPrepare(t *testing.T) {
 		}),
 	})
 }
+
+// TestTranscriptAutocommitRead: with scope transaction, a read sent alone
+// outside a transaction block is sent as written: its captures would be
+// forgotten when its own implicit transaction ends. Inside a transaction
+// block, in a multi-statement string, or with scope session, it is
+// tracked.
+func TestTranscriptAutocommitRead(t *testing.T) {
+	const read = "SELECT state FROM address WHERE id = 7"
+	readSent := planned(t, read).SQL
+	if readSent == read {
+		t.Fatal("the read is not rewritten in tracked mode")
+	}
+	state := field("state", 25, 3, 0)
+	hidden := []pgproto3.FieldDescription{field("pgoptimist_1", 23, 1, 0), field("pgoptimist_2", 23, 2, 0)}
+	untracked := transcript{
+		client(query(read)),
+		serverGets(query(read)),
+		server(rowDesc(state), dataRow([]byte("x")), cc("SELECT 1"), ready('I')),
+		clientGets(rowDesc(state), dataRow([]byte("x")), cc("SELECT 1"), ready('I')),
+	}
+	tracked := transcript{
+		client(query("BEGIN")),
+		serverGets(query("BEGIN")),
+		server(cc("BEGIN"), ready('T')),
+		clientGets(cc("BEGIN"), ready('T')),
+		client(query(read)),
+		serverGets(query(readSent)),
+		server(rowDesc(state, hidden[0], hidden[1]), dataRow([]byte("x"), []byte("7"), []byte("2")), cc("SELECT 1"), ready('T')),
+		clientGets(rowDesc(state), dataRow([]byte("x")), cc("SELECT 1"), ready('T')),
+	}
+	transactionScope := func(t *testing.T) *session {
+		s := trackedSession(t)
+		s.guard.store.scopes["public.address"] = false
+		return s
+	}
+	for name, tc := range map[string]struct {
+		tr      transcript
+		session func(*testing.T) *session
+	}{
+		"autocommit, scope transaction": {untracked, transactionScope},
+		"in a block, scope transaction": {tracked, transactionScope},
+		"autocommit, scope session": {transcript{
+			client(query(read)),
+			serverGets(query(readSent)),
+			server(rowDesc(state, hidden[0], hidden[1]), dataRow([]byte("x"), []byte("7"), []byte("2")), cc("SELECT 1"), ready('I')),
+			clientGets(rowDesc(state), dataRow([]byte("x")), cc("SELECT 1"), ready('I')),
+		}, trackedSession},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Run("whole", func(t *testing.T) { tc.tr.play(t, tc.session(t), feedWhole) })
+			t.Run("bytewise", func(t *testing.T) { tc.tr.play(t, tc.session(t), feedBytewise) })
+		})
+	}
+}
