@@ -47,21 +47,28 @@ type versionStore struct {
 	head, tail *remembered // head: most recently used
 	metrics    *Metrics
 	scopes     map[string]bool // schema.table → scope session
-	undo       []undoStep      // own writes of the open transaction
-	rolledBack bool            // a ROLLBACK (to a savepoint or not) completed since the last ReadyForQuery
-	rollbackTo string          // the savepoint a ROLLBACK TO sent since the last ReadyForQuery names
-	undoLost   bool            // the transaction wrote more rows than undo holds
-	failed     bool            // an error was reported since the last ReadyForQuery
-	keyBuf     []byte
-	log        *slog.Logger // observe mode's lost updates
-	logLimit   *logThrottle // their lines, shared by the server's sessions
+	// anySessionScope: some table has scope session (else every capture
+	// is forgotten at its transaction's end).
+	anySessionScope bool
+	undo            []undoStep // own writes of the open transaction
+	rolledBack      bool       // a ROLLBACK (to a savepoint or not) completed since the last ReadyForQuery
+	rollbackTo      string     // the savepoint a ROLLBACK TO sent since the last ReadyForQuery names
+	undoLost        bool       // the transaction wrote more rows than undo holds
+	failed          bool       // an error was reported since the last ReadyForQuery
+	keyBuf          []byte
+	log             *slog.Logger // observe mode's lost updates
+	logLimit        *logThrottle // their lines, shared by the server's sessions
 }
 
 func newVersionStore(cap int, m *Metrics, scopes map[string]bool) *versionStore {
 	if cap <= 0 {
 		cap = defaultTrackedRows
 	}
-	return &versionStore{cap: cap, m: make(map[string]*remembered), metrics: m, scopes: scopes}
+	vs := &versionStore{cap: cap, m: make(map[string]*remembered), metrics: m, scopes: scopes}
+	for _, session := range scopes {
+		vs.anySessionScope = vs.anySessionScope || session
+	}
+	return vs
 }
 
 // rowKey builds the store key of a row from its table and key texts, in a

@@ -378,17 +378,26 @@ func TestTranscriptAutocommitRead(t *testing.T) {
 		server(rowDesc(state, hidden[0], hidden[1]), dataRow([]byte("x"), []byte("7"), []byte("2")), cc("SELECT 1"), ready('T')),
 		clientGets(rowDesc(state), dataRow([]byte("x")), cc("SELECT 1"), ready('T')),
 	}
-	transactionScope := func(t *testing.T) *session {
-		s := trackedSession(t)
-		s.guard.store.scopes["public.address"] = false
-		return s
+	withScopes := func(scopes map[string]bool) func(t *testing.T) *session {
+		return func(t *testing.T) *session {
+			s := trackedSession(t)
+			s.guard.store = newVersionStore(10, s.srv.metrics, scopes)
+			return s
+		}
 	}
+	// Every tracked table transaction-scoped: not even planned.
+	transactionScope := withScopes(map[string]bool{"public.address": false})
+	// Another table session-scoped: planned, and the plan shows the read
+	// captures only transaction-scoped rows.
+	mixedScopes := withScopes(map[string]bool{"public.address": false, "public.other": true})
 	for name, tc := range map[string]struct {
 		tr      transcript
 		session func(*testing.T) *session
 	}{
 		"autocommit, scope transaction": {untracked, transactionScope},
 		"in a block, scope transaction": {tracked, transactionScope},
+		"autocommit, mixed scopes":      {untracked, mixedScopes},
+		"in a block, mixed scopes":      {tracked, mixedScopes},
 		"autocommit, scope session": {transcript{
 			client(query(read)),
 			serverGets(query(readSent)),
@@ -400,5 +409,27 @@ func TestTranscriptAutocommitRead(t *testing.T) {
 			t.Run("whole", func(t *testing.T) { tc.tr.play(t, tc.session(t), feedWhole) })
 			t.Run("bytewise", func(t *testing.T) { tc.tr.play(t, tc.session(t), feedBytewise) })
 		})
+	}
+}
+
+// TestAutocommitReadNotPlanned: when every tracked table is
+// transaction-scoped, an autocommit read is not even planned; with a
+// session-scoped table configured it is (the plan tells which tables it
+// captures).
+func TestAutocommitReadNotPlanned(t *testing.T) {
+	for _, tc := range []struct {
+		scopes  map[string]bool
+		planned int64
+	}{
+		{map[string]bool{"public.address": false}, 0},
+		{map[string]bool{"public.address": false, "public.other": true}, 1},
+	} {
+		s := trackedSession(t)
+		s.guard.store = newVersionStore(10, s.srv.metrics, tc.scopes)
+		s.cin.append(frames(query("SELECT state FROM address WHERE id = 7"))...)
+		s.processClient()
+		if got := s.srv.metrics.planned.Load(); got != tc.planned {
+			t.Errorf("scopes %v: %d statements planned, want %d", tc.scopes, got, tc.planned)
+		}
 	}
 }

@@ -214,6 +214,10 @@ func (r *Rewriter) NeedsPlan(sql string) bool {
 	return !readOnly(sql) || r.tracking && r.trackedMatch.match(sql)
 }
 
+// ReadOnly reports whether sql is a single statement that writes nothing,
+// as far as its text shows (see readOnly). It does not allocate.
+func ReadOnly(sql string) bool { return readOnly(sql) }
+
 // readOnly reports whether s is a single statement that writes nothing:
 // after leading whitespace and comments it starts with SELECT, VALUES, TABLE
 // or SHOW; no ';' is followed by anything but more ';' (comments and
