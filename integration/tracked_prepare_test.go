@@ -2,10 +2,8 @@ package integration
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -39,12 +37,6 @@ func runSQL(ctx context.Context, c *pgx.Conn, mode pgx.QueryExecMode, sql string
 func prepareIncrements(t *testing.T, addr, db string, mode pgx.QueryExecMode, explicitTx bool) (int, int) {
 	t.Helper()
 	ctx := context.Background()
-	var (
-		wg      sync.WaitGroup
-		mu      sync.Mutex
-		retries int
-		errs    []error
-	)
 	conns := make([]*pgx.Conn, lostWorkers)
 	for i := range conns {
 		conns[i] = connect(t, addr, db)
@@ -80,38 +72,7 @@ func prepareIncrements(t *testing.T, addr, db string, mode pgx.QueryExecMode, ex
 		}
 		return nil
 	}
-	for w := 0; w < lostWorkers; w++ {
-		wg.Add(1)
-		go func(c *pgx.Conn) {
-			defer wg.Done()
-			for r := 0; r < lostRounds; r++ {
-				for {
-					err := once(c)
-					if err == nil {
-						break
-					}
-					var pe *pgconn.PgError
-					if errors.As(err, &pe) && pe.Code == "VL409" {
-						mu.Lock()
-						retries++
-						tooMany := retries > 100*lostWorkers*lostRounds
-						mu.Unlock()
-						if !tooMany {
-							continue
-						}
-					}
-					mu.Lock()
-					errs = append(errs, err)
-					mu.Unlock()
-					return
-				}
-			}
-		}(conns[w])
-	}
-	wg.Wait()
-	if len(errs) > 0 {
-		t.Fatalf("%d workers failed; first: %v", len(errs), errs[0])
-	}
+	retries := runIncrements(t, conns, once)
 	var n int
 	if err := direct(t, db).QueryRow(ctx, "SELECT n FROM counter WHERE id = 1").Scan(&n); err != nil {
 		t.Fatal(err)

@@ -32,24 +32,39 @@ const (
 // and the number of VL409 retries.
 func increments(t *testing.T, addr, db, table string, explicitTx bool) (int, int) {
 	t.Helper()
-	ctx := context.Background()
+	conns := make([]*pgx.Conn, lostWorkers)
+	for i := range conns {
+		conns[i] = connect(t, addr, db)
+	}
+	retries := runIncrements(t, conns, func(c *pgx.Conn) error {
+		return increment(context.Background(), c, table, explicitTx)
+	})
+	var n int
+	if err := direct(t, db).QueryRow(context.Background(), "SELECT n FROM "+table+" WHERE id = 1").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n, retries
+}
+
+// runIncrements runs once lostRounds times on each connection, all
+// connections at once, retrying each round on VL409, and returns the
+// number of retries. It fails the test if a round fails otherwise, or if
+// VL409 never stops.
+func runIncrements(t *testing.T, conns []*pgx.Conn, once func(*pgx.Conn) error) int {
+	t.Helper()
 	var (
 		wg      sync.WaitGroup
 		mu      sync.Mutex
 		retries int
 		errs    []error
 	)
-	conns := make([]*pgx.Conn, lostWorkers)
-	for i := range conns {
-		conns[i] = connect(t, addr, db)
-	}
-	for w := 0; w < lostWorkers; w++ {
+	for _, c := range conns {
 		wg.Add(1)
 		go func(c *pgx.Conn) {
 			defer wg.Done()
 			for r := 0; r < lostRounds; r++ {
 				for {
-					err := increment(ctx, c, table, explicitTx)
+					err := once(c)
 					if err == nil {
 						break
 					}
@@ -69,17 +84,13 @@ func increments(t *testing.T, addr, db, table string, explicitTx bool) (int, int
 					return
 				}
 			}
-		}(conns[w])
+		}(c)
 	}
 	wg.Wait()
 	if len(errs) > 0 {
 		t.Fatalf("%d workers failed; first: %v", len(errs), errs[0])
 	}
-	var n int
-	if err := direct(t, db).QueryRow(ctx, "SELECT n FROM "+table+" WHERE id = 1").Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	return n, retries
+	return retries
 }
 
 // increment is the application's read-modify-write, unaware of versions.
