@@ -27,7 +27,7 @@
 #   DURATION=10s     length of each pgbench run (seconds; a trailing "s" is fine)
 #   SCALE=10         pgbench scale factor
 #   TARGETS="direct pgbouncer pgoptimist"   which targets to run
-#   WORKLOADS="a b c"                        which workloads to run
+#   WORKLOADS="a b c"                        which workloads to run ("" for none)
 #   TLS_TARGETS="direct-tls pgbouncer-p2t pgoptimist-p2t pgbouncer-t2t pgoptimist-t2t"
 #                    TLS targets ("" skips the TLS rows)
 #   TLS_WORKLOADS="a c"                      workloads of the TLS rows
@@ -51,7 +51,7 @@ DURATION=${DURATION:-10s}
 DURATION=${DURATION%s}
 SCALE=${SCALE:-10}
 TARGETS=${TARGETS:-"direct pgbouncer pgoptimist"}
-WORKLOADS=${WORKLOADS:-"a b c"}
+WORKLOADS=${WORKLOADS-"a b c"}
 TLS_TARGETS=${TLS_TARGETS-"direct-tls pgbouncer-p2t pgoptimist-p2t pgbouncer-t2t pgoptimist-t2t"}
 TLS_WORKLOADS=${TLS_WORKLOADS:-"a c"}
 # Plain targets stay plain although the server offers TLS; run_one sets the
