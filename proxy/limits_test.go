@@ -85,11 +85,25 @@ func TestBufferedBudget(t *testing.T) {
 // longer than the parser takes is copied through as it arrives, without
 // being held whole or reserving budget.
 func TestOversizedQueryStreamed(t *testing.T) {
+	s := streamingSession(t)
+	big := frames(&pgproto3.Query{String: "SELECT '" + string(bytes.Repeat([]byte{'x'}, 600<<10)) + "'"})
+	feedStreamed(t, s, big, 1)
+}
+
+// streamingSession is a session whose parser takes 1 kB and whose budget
+// holds no more: longer statements must be streamed.
+func streamingSession(t *testing.T) *session {
 	s := testSession(t)
 	s.cfg.Limits.MaxMessageBytes = 4 << 20
 	s.cfg.Limits.MaxSQLBytes = 1 << 10
 	s.cfg.Limits.MaxBufferedBytes = 1 << 10
-	big := frames(&pgproto3.Query{String: "SELECT '" + string(bytes.Repeat([]byte{'x'}, 600<<10)) + "'"})
+	return s
+}
+
+// feedStreamed feeds big in two pieces and checks that each is forwarded
+// as it arrives, without budget, leaving queued requests in the queue.
+func feedStreamed(t *testing.T, s *session, big []byte, queued int) {
+	t.Helper()
 	s.cin.append(big[:1000]...)
 	s.processClient()
 	if s.ending || s.sout.len() != 1000 || s.srv.buffered.Used() != 0 {
@@ -97,7 +111,7 @@ func TestOversizedQueryStreamed(t *testing.T) {
 	}
 	s.cin.append(big[1000:]...)
 	s.processClient()
-	if !bytes.Equal(s.sout.data(), big) || s.queue.len() != 1 {
+	if !bytes.Equal(s.sout.data(), big) || s.queue.len() != queued {
 		t.Fatalf("forwarded %d of %d bytes, %d requests queued", s.sout.len(), len(big), s.queue.len())
 	}
 }
@@ -107,10 +121,7 @@ func TestOversizedQueryStreamed(t *testing.T) {
 // (only its name is read), replaces a guarded statement of the same name,
 // and is assumed to change name resolution.
 func TestOversizedParseStreamed(t *testing.T) {
-	s := testSession(t)
-	s.cfg.Limits.MaxMessageBytes = 4 << 20
-	s.cfg.Limits.MaxSQLBytes = 1 << 10
-	s.cfg.Limits.MaxBufferedBytes = 1 << 10
+	s := streamingSession(t)
 	guarded := frames(&pgproto3.Parse{Query: "UPDATE address SET state = 'x' WHERE id = 1 AND version = 1"})
 	s.cin.append(guarded...)
 	s.processClient()
@@ -119,16 +130,7 @@ func TestOversizedParseStreamed(t *testing.T) {
 	}
 	s.sout.consume(s.sout.len())
 	big := frames(&pgproto3.Parse{Query: "UPDATE address SET state = '" + string(bytes.Repeat([]byte{'x'}, 600<<10)) + "' WHERE id = 1 AND version = 1"})
-	s.cin.append(big[:1000]...)
-	s.processClient()
-	if s.ending || s.sout.len() != 1000 || s.srv.buffered.Used() != 0 {
-		t.Fatalf("first piece: ending %v, forwarded %d bytes, budget %d", s.ending, s.sout.len(), s.srv.buffered.Used())
-	}
-	s.cin.append(big[1000:]...)
-	s.processClient()
-	if !bytes.Equal(s.sout.data(), big) || s.queue.len() != 2 {
-		t.Fatalf("forwarded %d of %d bytes, %d requests queued", s.sout.len(), len(big), s.queue.len())
-	}
+	feedStreamed(t, s, big, 2)
 	if s.guard.stmts[""] != nil || !s.guard.res.unsure {
 		t.Fatalf("after the streamed Parse: guarded statement %v, resolution unsure %v", s.guard.stmts[""] != nil, s.guard.res.unsure)
 	}
