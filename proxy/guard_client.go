@@ -76,19 +76,18 @@ func (s *session) guardQuery(msg, sql []byte, changes bool) error {
 	g := s.guard
 	delete(g.stmts, "") // a simple query replaces the unnamed statement
 	delete(g.changers, "")
-	if s.queue.skipping || !g.rw.NeedsPlan(unsafeString(sql)) {
-		s.queue.push(pending{kind: pendQuery})
-		s.sout.append(msg...)
-		return nil
+	// A query run alone in its own implicit transaction: what its reads
+	// would capture is forgotten when it completes, before any write
+	// could use it, when its tables are transaction-scoped.
+	alone := g.store != nil && s.idle()
+	var needsPlan bool
+	if alone && !g.store.anySessionScope {
+		needsPlan = g.rw.NeedsPlanUncaptured(unsafeString(sql))
+	} else {
+		needsPlan = g.rw.NeedsPlan(unsafeString(sql))
 	}
-	if g.store != nil && !g.store.anySessionScope && s.idle() && rewrite.ReadOnly(unsafeString(sql)) {
-		// An autocommit read when every tracked table is transaction-
-		// scoped: whatever it would capture is forgotten when its own
-		// implicit transaction ends, right after it, before any write
-		// could use it. Sent as written, without planning.
-		s.queue.push(pending{kind: pendQuery})
-		s.sout.append(msg...)
-		return nil
+	if s.queue.skipping || !needsPlan {
+		return s.forwardQuery(msg)
 	}
 	plan, reject := g.plan(unsafeString(sql)) // the rewriter copies what it keeps
 	if plan == nil {
@@ -96,17 +95,13 @@ func (s *session) guardQuery(msg, sql []byte, changes bool) error {
 			s.queue.push(pending{kind: pendQuery, answer: answerRaise})
 			return s.send(&pgproto3.Query{String: reject})
 		}
-		s.queue.push(pending{kind: pendQuery})
-		s.sout.append(msg...)
-		return nil
+		return s.forwardQuery(msg)
 	}
-	if g.store != nil && len(plan.Statements) == 1 && s.idle() && g.store.forgottenAtOnce(&plan.Statements[0]) {
+	if alone && len(plan.Statements) == 1 && g.store.forgottenAtOnce(&plan.Statements[0]) {
 		// Likewise for a read the text alone does not show to be one
 		// (a WITH in front), or when some tracked tables are
 		// session-scoped but this read captures none of them.
-		s.queue.push(pending{kind: pendQuery})
-		s.sout.append(msg...)
-		return nil
+		return s.forwardQuery(msg)
 	}
 	if len(plan.Statements) > 1 && changes {
 		// A statement of this query may change what the names of the
@@ -221,6 +216,13 @@ type translation struct {
 	// planned when its turn comes, under the resolution in force then.
 	dynamic bool
 	ov      prepOverlay // dynamic: the prepared statements as the next statement sees them
+}
+
+// forwardQuery sends a simple query on as the client wrote it, unguarded.
+func (s *session) forwardQuery(msg []byte) error {
+	s.queue.push(pending{kind: pendQuery})
+	s.sout.append(msg...)
+	return nil
 }
 
 // planInTurn plans statement i of a dynamic translation under the current
@@ -482,10 +484,20 @@ func (s *session) replanAtBind(name []byte) {
 		return
 	}
 	t.sent = sql
-	s.queue.push(pending{kind: pendClose, answer: answerProxy})
+	s.prepareAgain(name, sql, sendTail)
+}
+
+// prepareAgain replaces the server's statement name with sql before the
+// client's next message: the proxy's own Close (a Parse replaces the
+// unnamed statement by itself) and Parse, whose answers the client does
+// not see.
+func (s *session) prepareAgain(name []byte, sql string, tail []byte) {
+	if len(name) > 0 {
+		s.queue.push(pending{kind: pendClose, answer: answerProxy})
+		_ = s.send(&pgproto3.Close{ObjectType: targetStatement, Name: string(name)})
+	}
 	s.queue.push(pending{kind: pendParse, answer: answerProxy})
-	_ = s.send(&pgproto3.Close{ObjectType: targetStatement, Name: t.name})
-	s.appendParse(name, sql, sendTail)
+	s.appendParse(name, sql, tail)
 }
 
 // appendParse writes a Parse message for the server: the client's name and

@@ -4,7 +4,6 @@ import (
 	"slices"
 	"strconv"
 
-	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgoptimist/pgoptimist/rewrite"
 )
 
@@ -359,12 +358,7 @@ func (s *session) rebakeExecute(name []byte, prep *prepared) {
 	if len(name) > 0 && (s.queue.len() > 0 || s.txStatus == txFailed) {
 		return
 	}
-	if len(name) > 0 {
-		s.queue.push(pending{kind: pendClose, answer: answerProxy})
-		_ = s.send(&pgproto3.Close{ObjectType: targetStatement, Name: string(name)})
-	}
-	s.queue.push(pending{kind: pendParse, answer: answerProxy})
-	s.appendParse(name, sql, []byte{0, 0})
+	s.prepareAgain(name, sql, []byte{0, 0})
 	if rec == nil {
 		prep.sent = sql
 		return

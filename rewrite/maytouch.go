@@ -214,9 +214,13 @@ func (r *Rewriter) NeedsPlan(sql string) bool {
 	return !readOnly(sql) || r.tracking && r.trackedMatch.match(sql)
 }
 
-// ReadOnly reports whether sql is a single statement that writes nothing,
-// as far as its text shows (see readOnly). It does not allocate.
-func ReadOnly(sql string) bool { return readOnly(sql) }
+// NeedsPlanUncaptured is NeedsPlan for text whose reads would capture
+// nothing worth keeping (an autocommit read whose captures are forgotten
+// when it completes): a single read-only statement is not planned, tracked
+// table or not. It does not allocate.
+func (r *Rewriter) NeedsPlanUncaptured(sql string) bool {
+	return r.match.match(sql) && !readOnly(sql)
+}
 
 // readOnly reports whether s is a single statement that writes nothing:
 // after leading whitespace and comments it starts with SELECT, VALUES, TABLE
