@@ -515,14 +515,16 @@ func (s *session) onBind(msg []byte) error {
 	if ok {
 		stmtName, rest, ok = cstringBytes(rest)
 	}
-	if ok && len(g.staleTexts) > 0 {
-		if _, stale := g.staleTexts[unsafeString(stmtName)]; stale {
-			s.replanAtBind(stmtName)
-		}
-	}
+	var prep *prepared
 	if ok {
-		if prep := g.stmts[unsafeString(stmtName)]; prep != nil && prep.execute != nil {
-			s.rebakeExecute(stmtName, prep) // before the Bind, which it may prepare again
+		if len(g.staleTexts) > 0 {
+			if _, stale := g.staleTexts[unsafeString(stmtName)]; stale {
+				s.replanAtBind(stmtName)
+			}
+		}
+		prep = g.stmts[unsafeString(stmtName)]
+		if prep != nil && prep.execute != nil {
+			prep = s.rebakeExecute(stmtName, prep) // before the Bind, which it may prepare again
 		}
 	}
 	s.queue.push(pending{kind: pendBind})
@@ -536,7 +538,6 @@ func (s *session) onBind(msg []byte) error {
 			delete(g.changerPortals, unsafeString(portal))
 		}
 	}
-	prep := g.stmts[unsafeString(stmtName)]
 	if prep == nil {
 		if len(g.portals) > 0 {
 			delete(g.portals, unsafeString(portal))

@@ -345,26 +345,27 @@ func (s *session) planExecuteParse(st *rewrite.Statement) (sql string, rec *prep
 // row again). The unnamed statement is simply parsed again; a named one is
 // closed and parsed again only where nothing is in flight and the
 // transaction is not failed (as replanAtBind), otherwise it runs with the
-// version it has.
-func (s *session) rebakeExecute(name []byte, prep *prepared) {
+// version it has. It returns the statement's record from then on.
+func (s *session) rebakeExecute(name []byte, prep *prepared) *prepared {
 	g := s.guard
 	if s.queue.skipping {
-		return
+		return prep
 	}
 	sql, rec, ok := s.planExecuteParse(prep.execute)
 	if !ok || sql == prep.sent {
-		return
+		return prep
 	}
 	if len(name) > 0 && (s.queue.len() > 0 || s.txStatus == txFailed) {
-		return
+		return prep
 	}
 	s.prepareAgain(name, sql, []byte{0, 0})
 	if rec == nil {
 		prep.sent = sql
-		return
+		return prep
 	}
 	g.stmts[string(name)] = rec
 	if t := g.texts[unsafeString(name)]; t != nil {
 		t.sent = sql
 	}
+	return rec
 }
