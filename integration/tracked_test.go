@@ -10,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgoptimist/pgoptimist/config"
 )
 
@@ -665,4 +666,109 @@ func TestTrackedORMShapes(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestTrackedReadAlone: with scope transaction, a read run alone in its own
+// implicit transaction is sent as written (what it would capture is
+// forgotten when it completes): not even planned, in the simple protocol
+// and for the unnamed statements of pgx's exec, cache-describe and
+// describe-exec modes, with the same results as directly. Inside a
+// transaction block the same reads are tracked, and the unnamed statement
+// of a read sent as written, bound again inside a block, is prepared again
+// and tracked.
+func TestTrackedReadAlone(t *testing.T) {
+	ctx := context.Background()
+	db := newDatabase(t, shapesDDL)
+	p := guardedProxy(t, config.Table{Name: "addresses", Mode: "tracked"})
+	const read = "SELECT county, state FROM addresses WHERE id = $1"
+	var want [2]string
+	if err := direct(t, db).QueryRow(ctx, read, 1).Scan(&want[0], &want[1]); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range execModes {
+		t.Run(mode.String(), func(t *testing.T) {
+			c := connectMode(t, p.Addr, db, mode)
+			before := relayMetric(t, p, "pgoptimist_statements_planned_total")
+			for i := 0; i < 3; i++ {
+				var got [2]string
+				if err := c.QueryRow(ctx, read, 1).Scan(&got[0], &got[1]); err != nil || got != want {
+					t.Fatalf("read alone: %v %v, want %v", got, err, want)
+				}
+			}
+			planned := relayMetric(t, p, "pgoptimist_statements_planned_total") - before
+			if mode == pgx.QueryExecModeCacheStatement {
+				// A named statement may be bound anywhere later: tracked.
+				if planned == 0 {
+					t.Errorf("the named statement was not planned")
+				}
+			} else if planned != 0 {
+				t.Errorf("%d reads run alone were planned, want none", planned)
+			}
+			// In a block the read is tracked: a stale write is refused.
+			tx, err := c.Begin(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer tx.Rollback(ctx)
+			var county, state string
+			if err := tx.QueryRow(ctx, read, 2).Scan(&county, &state); err != nil {
+				t.Fatal(err)
+			}
+			bump(t, db, 2)
+			_, err = tx.Exec(ctx, "UPDATE addresses SET county = 'x' WHERE id = $1", 2)
+			wantCode(t, err, "VL409")
+		})
+	}
+
+	// The unnamed statement of a read run alone, bound again in a block
+	// (its Bind, Execute and Sync sent by hand: no driver does it on its
+	// own) is prepared again with the hidden columns, so that the write
+	// after it is checked.
+	t.Run("bound again in a block", func(t *testing.T) {
+		c := connect(t, p.Addr, db).PgConn()
+		res := c.ExecParams(ctx, read, [][]byte{[]byte("1")}, nil, nil, nil).Read()
+		if res.Err != nil || len(res.Rows) != 1 || string(res.Rows[0][0]) != want[0] {
+			t.Fatalf("read alone: %v %q", res.Err, res.Rows)
+		}
+		if _, err := c.Prepare(ctx, "b", "BEGIN", nil); err != nil {
+			t.Fatal(err)
+		}
+		if tag, err := c.ExecPrepared(ctx, "b", nil, nil, nil).Close(); err != nil || tag.String() != "BEGIN" {
+			t.Fatalf("BEGIN: %v %v", tag, err)
+		}
+		f := c.Frontend()
+		f.SendBind(&pgproto3.Bind{Parameters: [][]byte{[]byte("1")}})
+		f.SendExecute(&pgproto3.Execute{})
+		f.SendSync(&pgproto3.Sync{})
+		if err := f.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for {
+			m, err := c.ReceiveMessage(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch m := m.(type) {
+			case *pgproto3.DataRow:
+				if len(m.Values) != 2 {
+					t.Errorf("the client sees %d columns, want 2", len(m.Values))
+				}
+				for _, v := range m.Values {
+					got = append(got, string(v))
+				}
+			case *pgproto3.ErrorResponse:
+				t.Fatalf("bound again: %s %s", m.Code, m.Message)
+			}
+			if _, ok := m.(*pgproto3.ReadyForQuery); ok {
+				break
+			}
+		}
+		if len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+			t.Fatalf("bound again: %q, want %q", got, want)
+		}
+		bump(t, db, 1)
+		err := c.ExecParams(ctx, "UPDATE addresses SET county = 'x' WHERE id = $1", [][]byte{[]byte("1")}, nil, nil, nil).Read().Err
+		wantCode(t, err, "VL409")
+	})
 }

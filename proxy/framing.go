@@ -69,7 +69,7 @@ func (s *session) processClient() {
 					continue
 				}
 			}
-			if g.res.unsure && (typ == msgQuery || typ == msgParse || typ == msgBind && len(g.texts) > 0) {
+			if g.res.unsure && (typ == msgQuery || typ == msgParse || typ == msgBind && (len(g.texts) > 0 || g.alone.set)) {
 				if len(d) < total || s.resolveFirst(typ, d[:total]) {
 					return // the rest has not arrived, or the server is asked first
 				}
@@ -135,8 +135,7 @@ var errOverBudget = errors.New("a message over the process-wide budget for buffe
 func (s *session) streamQuery() {
 	g := s.guard
 	s.queue.push(pending{kind: pendQuery})
-	delete(g.stmts, "")
-	delete(g.changers, "")
+	g.unnamedReplaced()
 	g.res.changed()
 	s.inBatch = false
 }
@@ -170,6 +169,9 @@ func oversizedParse(d []byte, total, maxSQL int) (name []byte, oversized, wait b
 func (s *session) streamParse(name []byte) {
 	g := s.guard
 	s.queue.push(pending{kind: pendParse})
+	if len(name) == 0 {
+		g.alone.set = false
+	}
 	delete(g.stmts, string(name))
 	g.changers[string(name)] = struct{}{}
 	g.res.changed()
@@ -185,6 +187,7 @@ func (s *session) idle() bool {
 // noteBatch follows whether an extended-protocol batch is open: the proxy's
 // own questions must not end it (see resolveFirst).
 func (s *session) noteBatch(typ clientMsg) {
+	s.batchFirst = !s.inBatch
 	switch typ {
 	case msgParse, msgBind, msgExecute, msgDescribe, msgClose:
 		s.inBatch = true
@@ -207,11 +210,11 @@ func (s *session) wantWhole(typ clientMsg) bool {
 		// Also while guarded portals exist: a Bind of an unguarded
 		// statement to such a portal's name must clear its entry, or its
 		// next Execute would be checked (a false stale error).
-		return len(g.stmts) > 0 || len(g.portals) > 0 || len(g.changers) > 0 || len(g.changerPortals) > 0 || len(g.staleTexts) > 0
+		return len(g.stmts) > 0 || len(g.portals) > 0 || len(g.changers) > 0 || len(g.changerPortals) > 0 || len(g.staleTexts) > 0 || g.alone.set
 	case msgExecute:
 		return len(g.portals) > 0 || len(g.changerPortals) > 0
 	case msgClose:
-		return len(g.stmts) > 0 || len(g.portals) > 0 || len(g.changers) > 0 || len(g.changerPortals) > 0 || len(g.texts) > 0
+		return len(g.stmts) > 0 || len(g.portals) > 0 || len(g.changers) > 0 || len(g.changerPortals) > 0 || len(g.texts) > 0 || g.alone.set
 	case msgDescribe:
 		return g.store != nil && (len(g.stmts) > 0 || len(g.portals) > 0)
 	}
@@ -271,9 +274,9 @@ func (s *session) handleClient(msg, rest []byte) (int, error) {
 	case msgQuery:
 		return 0, s.onQuery(msg)
 	case msgParse:
-		return 0, s.onParse(msg)
+		return 0, s.onParse(msg, rest)
 	case msgBind:
-		return 0, s.onBind(msg)
+		return 0, s.onBind(msg, rest)
 	case msgExecute:
 		return s.onExecute(msg, rest)
 	case msgClose:

@@ -76,8 +76,19 @@ func FuzzClientBytes(f *testing.F) {
 	f.Add([]byte{'Q', 0, 0, 0, 4}, uint8(1))
 	f.Add([]byte{'B', 0, 0, 0, 8, 0, 0, 0, 0}, uint8(2))
 	f.Add([]byte{'z', 0xff, 0xff, 0xff, 0xff}, uint8(5))
+	// Tracked reads run alone (aloneread.go), and their statement bound
+	// again: odd splits play them on a tracked session.
+	f.Add(frames(&pgproto3.Parse{Query: "SELECT state FROM address WHERE id = $1"}, &pgproto3.Bind{Parameters: [][]byte{[]byte("7")}},
+		&pgproto3.Describe{ObjectType: 'P'}, &pgproto3.Execute{}, &pgproto3.Sync{},
+		&pgproto3.Bind{Parameters: [][]byte{[]byte("7")}}, &pgproto3.Execute{}, &pgproto3.Flush{}), uint8(9))
+	f.Add(frames(&pgproto3.Parse{Query: "SELECT state FROM address WHERE id = 7"}, &pgproto3.Describe{ObjectType: 'S'}, &pgproto3.Sync{},
+		&pgproto3.Bind{}, &pgproto3.Execute{}, &pgproto3.Sync{}), uint8(255))
 	f.Fuzz(func(t *testing.T, data []byte, split uint8) {
 		s := testSession(t)
+		if split%2 == 1 {
+			s = trackedSession(t)
+			s.guard.store = newVersionStore(10, s.srv.metrics, map[string]bool{"public.address": false})
+		}
 		cut := 0
 		if len(data) > 0 {
 			cut = int(split) % (len(data) + 1)

@@ -74,8 +74,7 @@ func (s *session) onQuery(msg []byte) error {
 // changes: the text may change name resolution (MayChangeResolution).
 func (s *session) guardQuery(msg, sql []byte, changes bool) error {
 	g := s.guard
-	delete(g.stmts, "") // a simple query replaces the unnamed statement
-	delete(g.changers, "")
+	g.unnamedReplaced()
 	// A query run alone in its own implicit transaction: what its reads
 	// would capture is forgotten when it completes, before any write
 	// could use it, when its tables are transaction-scoped.
@@ -347,8 +346,8 @@ func (s *session) raiseInPipeline(name, sql string) error {
 }
 
 // onParse rewrites a guarded statement being prepared and remembers its plan
-// under the statement's name.
-func (s *session) onParse(msg []byte) error {
+// under the statement's name. after is the client's input after the Parse.
+func (s *session) onParse(msg, after []byte) error {
 	// Decoded in place: most Parse messages of a guarded session are not
 	// guarded and go on as they came, without a copy.
 	name, rest, ok := cstringBytes(frameBody(msg))
@@ -364,6 +363,13 @@ func (s *session) onParse(msg []byte) error {
 		return protoErrorf("Parse: malformed parameter types")
 	}
 	g := s.guard
+	alone := notAlone
+	if len(name) == 0 {
+		g.alone.set = false
+		if g.store != nil && s.batchOpensIdle() {
+			alone = aloneAfterParse(after)
+		}
+	}
 	if rewrite.MayChangeResolution(unsafeString(query)) {
 		// Noted when prepared, and again at each execution (onExecute).
 		g.res.changed()
@@ -371,8 +377,8 @@ func (s *session) onParse(msg []byte) error {
 	} else if len(g.changers) > 0 {
 		delete(g.changers, unsafeString(name))
 	}
-	s.queue.push(pending{kind: pendParse})
-	sql, sendTail, asIs := s.planParse(name, query, tail, nOids)
+	sql, sendTail, asIs := s.planParse(name, query, tail, nOids, alone)
+	s.queue.push(pending{kind: pendParse, aloneRead: g.alone.set && len(name) == 0})
 	if asIs {
 		s.sout.append(msg...)
 	} else {
@@ -387,14 +393,20 @@ func (s *session) onParse(msg []byte) error {
 // planParse plans a statement being prepared under name and records what
 // the guard must know of it. It says what the server must be sent: the
 // text as the client wrote it (asIs), or sql with the parameter types
-// sendTail.
-func (s *session) planParse(name, query, tail []byte, nOids int) (sql string, sendTail []byte, asIs bool) {
+// sendTail. alone: how the unnamed statement is run, as far as the
+// client's input shows (aloneread.go).
+func (s *session) planParse(name, query, tail []byte, nOids int, alone aloneShape) (sql string, sendTail []byte, asIs bool) {
 	g := s.guard
 	prev := g.stmts[unsafeString(name)]
 	if prev != nil {
 		delete(g.stmts, unsafeString(name))
 	}
 	if !g.rw.NeedsPlan(unsafeString(query)) {
+		return "", nil, true
+	}
+	if alone != notAlone && !g.store.anySessionScope && rewrite.ReadOnly(unsafeString(query)) {
+		// A read run alone: what it would capture is forgotten at once.
+		g.alone.keep(query, tail, alone == aloneBound)
 		return "", nil, true
 	}
 	plan, reject := g.plan(unsafeString(query)) // the rewriter copies what it keeps
@@ -406,6 +418,11 @@ func (s *session) planParse(name, query, tail []byte, nOids int) (sql string, se
 		return "", nil, true
 	}
 	st := &plan.Statements[0]
+	if alone != notAlone && g.store.forgottenAtOnce(st) {
+		// Likewise for a read the text alone does not show to be one.
+		g.alone.keep(query, tail, alone == aloneBound)
+		return "", nil, true
+	}
 	if e := g.prepEffectOf(st); e.op != prepNone {
 		// PREPARE, DEALLOCATE, DISCARD ALL in a Parse: followed when an
 		// Execute of it completes, as in a simple query.
@@ -475,7 +492,7 @@ func (s *session) replanAtBind(name []byte) {
 		return
 	}
 	delete(g.staleTexts, t.name)
-	sql, sendTail, asIs := s.planParse(name, []byte(t.query), t.tail, (len(t.tail)-2)/4)
+	sql, sendTail, asIs := s.planParse(name, []byte(t.query), t.tail, (len(t.tail)-2)/4, notAlone)
 	if asIs {
 		sql, sendTail = t.query, t.tail
 	}
@@ -507,16 +524,20 @@ func (s *session) appendParse(name []byte, sql string, tail []byte) {
 }
 
 // onBind notes which portals run checked statements, with the bound values
-// the stale error's detail needs.
-func (s *session) onBind(msg []byte) error {
+// the stale error's detail needs. rest is the client's input after the
+// Bind.
+func (s *session) onBind(msg, rest []byte) error {
 	g := s.guard
-	portal, rest, ok := cstringBytes(frameBody(msg))
+	portal, body, ok := cstringBytes(frameBody(msg))
 	var stmtName []byte
 	if ok {
-		stmtName, rest, ok = cstringBytes(rest)
+		stmtName, body, ok = cstringBytes(body)
 	}
 	var prep *prepared
 	if ok {
+		if len(stmtName) == 0 && g.alone.set {
+			s.bindAloneRead(portal, rest)
+		}
 		if len(g.staleTexts) > 0 {
 			if _, stale := g.staleTexts[unsafeString(stmtName)]; stale {
 				s.replanAtBind(stmtName)
@@ -545,7 +566,7 @@ func (s *session) onBind(msg []byte) error {
 		s.sout.append(msg...)
 		return nil
 	}
-	if !validBind(rest) {
+	if !validBind(body) {
 		return protoErrorf("Bind: malformed parameters")
 	}
 	name := unsafeString(portal)
@@ -558,7 +579,7 @@ func (s *session) onBind(msg []byte) error {
 	bp.run, bp.described, bp.effect = nil, false, prep.effect
 	if g.store != nil && needsTracking(prep.plan) {
 		msg, bp.stmt, bp.run = s.trackBind(prep, msg)
-		bp.described = bp.run == nil || textResults(rest)
+		bp.described = bp.run == nil || textResults(body)
 		msg = withHiddenFormats(msg, len(prep.plan.Hidden))
 	} else if prep.injected {
 		// Nothing is tracked any more (a reload): the server's statement
@@ -708,6 +729,9 @@ func (s *session) onClose(msg []byte) error {
 		if name, _, ok := cstringBytes(msg[6:]); ok {
 			switch frameBody(msg)[0] {
 			case targetStatement:
+				if len(name) == 0 {
+					s.guard.alone.set = false
+				}
 				delete(s.guard.stmts, unsafeString(name))
 				delete(s.guard.changers, unsafeString(name))
 				s.guard.forgetText(unsafeString(name))

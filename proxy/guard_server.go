@@ -69,6 +69,9 @@ func (s *session) onError(msg []byte) {
 	}
 	s.cout.append(msg...)
 	s.trackError()
+	if ok && p.aloneRead && s.guard != nil {
+		s.guard.alone.set = false
+	}
 	switch {
 	case !ok:
 	case p.kind == pendQuery:

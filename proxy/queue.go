@@ -54,9 +54,12 @@ type pending struct {
 	kind   pendingKind
 	answer answerAction
 	seen   observation
-	check  *checkState  // a checked statement: zero rows affected is a conflict
-	track  *trackSet    // tracked mode: its result sets are stripped and captured (tracked_rows.go)
-	prep   *prepEffects // SQL-level PREPARE, DEALLOCATE, DISCARD ALL: applied when done (sqlprepare.go)
+	// aloneRead: the Parse of the unnamed statement as a tracked read sent
+	// untracked; if it fails there is no statement to prepare again.
+	aloneRead bool
+	check     *checkState  // a checked statement: zero rows affected is a conflict
+	track     *trackSet    // tracked mode: its result sets are stripped and captured (tracked_rows.go)
+	prep      *prepEffects // SQL-level PREPARE, DEALLOCATE, DISCARD ALL: applied when done (sqlprepare.go)
 }
 
 // maxInFlight is the number of requests in flight at which the relay stops

@@ -116,6 +116,8 @@ func (s *session) resolveFirst(typ clientMsg, msg []byte) bool {
 		if name, ok2 := boundStatement(msg); ok2 {
 			if t := g.texts[unsafeString(name)]; t != nil {
 				sql, ok = unsafeBytes(t.query), true
+			} else if len(name) == 0 && g.alone.set && !g.alone.bound {
+				sql, ok = g.alone.query, true // may be prepared again, tracked (bindAloneRead)
 			}
 		}
 	} else {

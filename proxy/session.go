@@ -43,21 +43,22 @@ type session struct {
 
 	// Relay phase: driven by an event loop (framing.go, loop_linux.go), one
 	// event at a time, so the protocol state below needs no locking.
-	cin, cout buffer    // bytes from and to the client
-	sin, sout buffer    // bytes from and to the server
-	cPass     int       // bytes of the current client frame still to copy to the server
-	sPass     int       // bytes of the current server frame still to copy (or drop)
-	sDrop     bool      // the current server frame answers the proxy, not the client
-	checks    checkSlot // the one checked statement in flight
-	ending    bool      // the session is over once the output is written
-	endErr    error     // why it ended
-	guard     *sessionGuard
-	guardGen  int64     // the configuration generation of guard (see followReload)
-	own       *ownQuery // the proxy's own question in flight (ownquery.go)
-	inBatch   bool      // extended-protocol messages were sent since the last Sync
-	reserved  int64     // bytes of Server.buffered held for the frame being gathered
-	queue     responseQueue
-	txStatus  txStatus // last ReadyForQuery status
+	cin, cout  buffer    // bytes from and to the client
+	sin, sout  buffer    // bytes from and to the server
+	cPass      int       // bytes of the current client frame still to copy to the server
+	sPass      int       // bytes of the current server frame still to copy (or drop)
+	sDrop      bool      // the current server frame answers the proxy, not the client
+	checks     checkSlot // the one checked statement in flight
+	ending     bool      // the session is over once the output is written
+	endErr     error     // why it ended
+	guard      *sessionGuard
+	guardGen   int64     // the configuration generation of guard (see followReload)
+	own        *ownQuery // the proxy's own question in flight (ownquery.go)
+	inBatch    bool      // extended-protocol messages were sent since the last Sync
+	batchFirst bool      // the client message being handled opened the batch (see batchOpensIdle)
+	reserved   int64     // bytes of Server.buffered held for the frame being gathered
+	queue      responseQueue
+	txStatus   txStatus // last ReadyForQuery status
 
 	releaseSlot func()        // gives back the max_connections slot
 	relayDone   chan struct{} // closed by the loop when the session is gone

@@ -32,6 +32,7 @@ type sessionGuard struct {
 	changerPortals map[string]struct{}
 
 	store *versionStore // tracked mode: the versions this session read; nil when no table is tracked
+	alone aloneRead     // the unnamed statement, a tracked read sent untracked (aloneread.go)
 
 	// SQL-level PREPARE, DEALLOCATE, DISCARD ALL in flight (sqlprepare.go).
 	inflight []*prepEffects
@@ -94,6 +95,14 @@ func (g *sessionGuard) forgetText(name string) {
 		delete(g.texts, name)
 	}
 	delete(g.staleTexts, name)
+}
+
+// unnamedReplaced forgets the unnamed statement, which a simple query
+// replaces.
+func (g *sessionGuard) unnamedReplaced() {
+	delete(g.stmts, "")
+	delete(g.changers, "")
+	g.alone.set = false
 }
 
 // plansMayBeWrong starts a new epoch: every named statement is prepared
@@ -247,6 +256,7 @@ func (s *session) adoptGuard(db *dbGuard, gen int64) {
 			sg.changers, sg.changerPortals = old.changers, old.changerPortals
 			sg.texts, sg.textBytes, sg.epoch = old.texts, old.textBytes, old.epoch
 			sg.inflight = old.inflight
+			sg.alone = old.alone
 			sg.plansMayBeWrong()
 			switch {
 			case old.store != nil && sg.store != nil:

@@ -433,3 +433,129 @@ func TestAutocommitReadNotPlanned(t *testing.T) {
 		}
 	}
 }
+
+// TestTranscriptAutocommitReadExtended: with scope transaction, the unnamed
+// statement of a read prepared at an idle point and run alone in the same
+// input (Bind, Execute, Sync) is sent as written, like a simple query run
+// alone. Bound again anywhere else it is prepared again, tracked, in front
+// of the Bind; bound again alone it stays as written.
+func TestTranscriptAutocommitReadExtended(t *testing.T) {
+	const read = "SELECT state FROM address WHERE id = 7"
+	readSent := planned(t, read).SQL
+	const write = "UPDATE address SET state = 'y' WHERE id = 7"
+	state := field("state", 25, 3, 0)
+	describePortal := &pgproto3.Describe{ObjectType: 'P'}
+	describeStmt := &pgproto3.Describe{ObjectType: 'S'}
+	alone := []step{
+		client(parse("", read), bind("", ""), describePortal, execute(""), syncMsg),
+		serverGets(parse("", read), bind("", ""), describePortal, execute(""), syncMsg),
+		server(parseComplete, bindComplete, rowDesc(state), dataRow([]byte("x")), cc("SELECT 1"), ready('I')),
+		clientGets(parseComplete, bindComplete, rowDesc(state), dataRow([]byte("x")), cc("SELECT 1"), ready('I')),
+	}
+	begin := []step{
+		client(parse("b", "BEGIN"), bind("", "b"), execute(""), syncMsg),
+		serverGets(parse("b", "BEGIN"), bind("", "b"), execute(""), syncMsg),
+		server(parseComplete, bindComplete, cc("BEGIN"), ready('T')),
+		clientGets(parseComplete, bindComplete, cc("BEGIN"), ready('T')),
+	}
+	// In the block: prepared again with the hidden columns; the version
+	// read is what the write is then checked against.
+	reboundTracked := []step{
+		client(bind("", ""), execute(""), syncMsg),
+		serverGets(parse("", readSent), bind("", ""), execute(""), syncMsg),
+		server(parseComplete, bindComplete, dataRow([]byte("x"), []byte("7"), []byte("2")), cc("SELECT 1"), ready('T')),
+		clientGets(bindComplete, dataRow([]byte("x")), cc("SELECT 1"), ready('T')),
+		client(query(write)),
+		serverGets(query(planned(t, write).WithExpected("2"))),
+		server(cc("UPDATE 1"), ready('T')),
+		clientGets(cc("UPDATE 1"), ready('T')),
+	}
+	transactionScope := func(t *testing.T) *session {
+		s := trackedSession(t)
+		s.guard.store = newVersionStore(10, s.srv.metrics, map[string]bool{"public.address": false})
+		return s
+	}
+	// The unnamed statement bound again, sent as the client sent it.
+	reboundAsIs := func(describe bool) []step {
+		msgs := []any{bind("", ""), execute(""), syncMsg}
+		rows := []any{bindComplete, dataRow([]byte("x")), cc("SELECT 1"), ready('I')}
+		if describe {
+			msgs = []any{bind("", ""), describePortal, execute(""), syncMsg}
+			rows = []any{bindComplete, rowDesc(state), dataRow([]byte("x")), cc("SELECT 1"), ready('I')}
+		}
+		return []step{client(msgs...), serverGets(msgs...), server(rows...), clientGets(rows...)}
+	}
+	described := []step{
+		client(parse("", read), describeStmt, syncMsg),
+		serverGets(parse("", read), describeStmt, syncMsg),
+		server(parseComplete, &pgproto3.ParameterDescription{}, rowDesc(state), ready('I')),
+		clientGets(parseComplete, &pgproto3.ParameterDescription{}, rowDesc(state), ready('I')),
+	}
+	noStatement := &pgproto3.ErrorResponse{Severity: "ERROR", Code: "26000", Message: "unnamed prepared statement does not exist"}
+	selectOne := []step{client(query("SELECT 1")), serverGets(query("SELECT 1")), server(selectRows("1"), ready('I')), clientGets(selectRows("1"), ready('I'))}
+	closeIt := []step{
+		client(&pgproto3.Close{ObjectType: 'S'}, syncMsg),
+		serverGets(&pgproto3.Close{ObjectType: 'S'}, syncMsg),
+		server(&pgproto3.CloseComplete{}, ready('I')),
+		clientGets(&pgproto3.CloseComplete{}, ready('I')),
+	}
+	boundMissing := []step{
+		client(bind("", ""), execute(""), syncMsg),
+		serverGets(bind("", ""), execute(""), syncMsg),
+		server(noStatement, ready('I')),
+		clientGets(noStatement, ready('I')),
+	}
+	oneTracked := []any{parseComplete, bindComplete, dataRow([]byte("x"), []byte("7"), []byte("2")), cc("SELECT 1")}
+	oneSeen := []any{parseComplete, bindComplete, dataRow([]byte("x")), cc("SELECT 1")}
+	for name, tr := range map[string]transcript{
+		"alone":                  join(alone),
+		"alone twice":            join(alone, alone),
+		"bound again alone":      join(alone, reboundAsIs(true), reboundAsIs(false)),
+		"bound again in a block": join(alone, begin, reboundTracked),
+		// A simple query or a Close of it ends the unnamed statement:
+		// the Bind gets the server's own error.
+		"simple query replaces it": join(alone, selectOne, boundMissing),
+		"closed, then bound":       join(alone, closeIt, boundMissing),
+		// Bound in a block, not alone: still not prepared by the proxy.
+		"its Parse failed, then bound": join([]step{
+			client(parse("", read), bind("", ""), execute(""), syncMsg),
+			serverGets(parse("", read), bind("", ""), execute(""), syncMsg),
+			server(&pgproto3.ErrorResponse{Severity: "ERROR", Code: "42P01", Message: "relation \"address\" does not exist"}, ready('I')),
+			clientGets(&pgproto3.ErrorResponse{Severity: "ERROR", Code: "42P01", Message: "relation \"address\" does not exist"}, ready('I')),
+		}, begin, []step{
+			client(bind("", ""), execute(""), syncMsg),
+			serverGets(bind("", ""), execute(""), syncMsg),
+			server(noStatement, ready('E')),
+			clientGets(noStatement, ready('E')),
+		}),
+		// pgx's describe-exec: the Parse is described first, and its Bind,
+		// at the next idle point, decides.
+		"described, then bound alone":      join(described, reboundAsIs(false)),
+		"described, then bound in a block": join(described, begin, reboundTracked),
+		// Not alone: the Execute is followed by more than its Sync (a
+		// pipeline), or the Parse comes inside a transaction block.
+		"pipelined": {
+			client(parse("", read), bind("", ""), execute(""), parse("b", "SELECT 1"), syncMsg),
+			serverGets(parse("", readSent), bind("", ""), execute(""), parse("b", "SELECT 1"), syncMsg),
+			server(oneTracked, parseComplete, ready('I')),
+			clientGets(oneSeen, parseComplete, ready('I')),
+		},
+		"in a block": join(begin, []step{
+			client(parse("", read), bind("", ""), execute(""), syncMsg),
+			serverGets(parse("", readSent), bind("", ""), execute(""), syncMsg),
+			server(oneTracked, ready('T')),
+			clientGets(oneSeen, ready('T')),
+		}),
+	} {
+		t.Run(name, func(t *testing.T) { tr.play(t, transactionScope(t), feedWhole) })
+	}
+	// Scope session: the read is tracked, alone or not.
+	t.Run("scope session", func(t *testing.T) {
+		transcript{
+			client(parse("", read), bind("", ""), execute(""), syncMsg),
+			serverGets(parse("", readSent), bind("", ""), execute(""), syncMsg),
+			server(oneTracked, ready('I')),
+			clientGets(oneSeen, ready('I')),
+		}.play(t, trackedSession(t), feedWhole)
+	})
+}

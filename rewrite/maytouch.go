@@ -222,6 +222,11 @@ func (r *Rewriter) NeedsPlanUncaptured(sql string) bool {
 	return r.match.match(sql) && !readOnly(sql)
 }
 
+// ReadOnly reports whether sql is a single statement that writes nothing
+// (see readOnly): for text NeedsPlan wants planned, planning would only add
+// the columns whose versions its reads capture. It does not allocate.
+func ReadOnly(sql string) bool { return readOnly(sql) }
+
 // readOnly reports whether s is a single statement that writes nothing:
 // after leading whitespace and comments it starts with SELECT, VALUES, TABLE
 // or SHOW; no ';' is followed by anything but more ';' (comments and
