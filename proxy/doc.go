@@ -32,6 +32,12 @@
 //     ALL: what they do to the session's prepared statements, followed
 //     from the server's answers, and the extra argument every EXECUTE of
 //     a statement prepared with the injected version parameter needs.
+//   - tracked.go, tracked_client.go, tracked_rows.go: tracked, required
+//     and observe modes: the versions a session read (its memory), what
+//     the client's reads and writes become (hidden columns, the injected
+//     version), and the result sets stripped and captured on their way
+//     back; aloneread.go: reads run alone in their implicit transaction,
+//     sent as written.
 //   - ownquery.go: the proxy's own questions during the relay (name
 //     resolution, discovery after a reload), answered to the proxy alone.
 //   - protocol.go: the vocabulary: message types per direction, frame
