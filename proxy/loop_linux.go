@@ -17,9 +17,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The relay's event loop: one goroutine waits in epoll_wait for every
-// session it owns and handles each ready connection with plain read and
-// write system calls. Compared with two goroutines per session parked in
+// The relay's event loop: one goroutine waits on one epoll descriptor for
+// every session it owns (parked in the runtime's poller when nothing is
+// ready) and handles each ready connection with plain read and write
+// system calls. Compared with two goroutines per session parked in
 // Go's netpoller, it wakes once for many ready connections, never reads
 // just to learn that nothing is there, and hands nothing between threads:
 // on a small machine shared with the database that is the difference
