@@ -20,6 +20,9 @@ func (s *session) onCommandComplete(msg []byte) {
 	if p.kind == pendExecute {
 		s.queue.pop()
 	}
+	if p.answer == answerProxy {
+		return // a statement of the proxy's own (refreshPrepared)
+	}
 	if p.check == nil || (p.kind == pendQuery && serverMsg(msg[0]) != msgCommandComplete) {
 		s.cout.append(msg...)
 		return

@@ -116,6 +116,10 @@ func (s *session) resolveFirst(typ clientMsg, msg []byte) bool {
 		if name, ok2 := boundStatement(msg); ok2 {
 			if t := g.texts[unsafeString(name)]; t != nil {
 				sql, ok = unsafeBytes(t.query), true
+			} else if p := g.stmts[unsafeString(name)]; p != nil && p.execute != nil {
+				sql, ok = unsafeBytes(p.execute.SQL), true // its statement may be prepared again (rebakeExecute)
+			} else if p != nil && p.source != "" {
+				sql, ok = unsafeBytes(p.source), true // prepared by SQL, may be prepared again (refreshPrepared)
 			}
 		}
 	} else {
