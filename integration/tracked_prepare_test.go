@@ -452,6 +452,86 @@ func TestTrackedPrepareSearchPathInOneQuery(t *testing.T) {
 	}
 }
 
+// TestTrackedPrepareSearchPathBatches: prepared again inside a transaction
+// block (the statement stays prepared when the block rolls back, as
+// PostgreSQL's does), inside a batch of the extended protocol after the SET
+// that changes the names, and, where the client's text does not analyze
+// under the new names, the client gets PostgreSQL's error and the
+// statement works again once the names are back.
+func TestTrackedPrepareSearchPathBatches(t *testing.T) {
+	ctx := context.Background()
+	db := newDatabase(t, prepareDDL+"\nINSERT INTO other.counter (id, n) VALUES (1, 0);")
+	p := guardedProxy(t, prepareTables()...)
+	d := direct(t, db)
+	want := func(table string, n int) {
+		t.Helper()
+		if got := readN(t, d, table, 1); got != n {
+			t.Errorf("%s n = %d, want %d", table, got, n)
+		}
+	}
+	simple, exec := pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec
+
+	c := connect(t, p.Addr, db)
+	execTag(t, c, simple, prepareCounter, "PREPARE")
+	readN(t, c, "counter", 1)
+	execTag(t, c, simple, "BEGIN", "BEGIN")
+	execTag(t, c, simple, "SET search_path TO other", "SET")
+	execTag(t, c, simple, "EXECUTE u(1, 1)", "UPDATE 1")
+	want("other.counter", 0) // not committed
+	execTag(t, c, simple, "ROLLBACK", "ROLLBACK")
+	want("other.counter", 0)
+	bumpCounter(t, db, 1)
+	execCode(t, c, simple, "EXECUTE u(1, 2)", "VL409")
+	readN(t, c, "counter", 1)
+	execTag(t, c, simple, "EXECUTE u(1, 2)", "UPDATE 1")
+	want("public.counter", 2)
+
+	// Not analyzable under the new names: the error at the EXECUTE's
+	// Bind, then all is as it was.
+	execTag(t, d, simple, prepareCounter, "PREPARE")
+	execTag(t, d, simple, "SET search_path TO pg_temp", "SET")
+	de := execCode(t, d, simple, "EXECUTE u(1, 3)", "42P01")
+	execTag(t, d, simple, "RESET search_path", "RESET")
+	execTag(t, c, exec, "SET search_path TO pg_temp", "SET")
+	for _, mode := range []pgx.QueryExecMode{exec, simple} {
+		pe := execCode(t, c, mode, "EXECUTE u(1, 3)", "42P01")
+		if pe.Message != de.Message || pe.Position != de.Position {
+			t.Errorf("%v: %q at %d; PostgreSQL: %q at %d", mode, pe.Message, pe.Position, de.Message, de.Position)
+		}
+	}
+	execTag(t, c, exec, "RESET search_path", "RESET")
+	execTag(t, c, exec, "EXECUTE u(1, 3)", "UPDATE 1")
+	want("public.counter", 3)
+
+	for _, mode := range []pgx.QueryExecMode{exec, pgx.QueryExecModeCacheStatement} {
+		c := connectMode(t, p.Addr, db, mode)
+		execTag(t, c, simple, prepareCounter, "PREPARE")
+		b := &pgx.Batch{}
+		b.Queue("SET search_path TO other")
+		b.Queue("EXECUTE u(1, 4)")
+		b.Queue("RESET search_path")
+		b.Queue("EXECUTE u(1, 5)")
+		br := c.SendBatch(ctx, b)
+		for _, tag := range []string{"SET", "UPDATE 1", "RESET", "UPDATE 1"} {
+			got, err := br.Exec()
+			if err != nil || got.String() != tag {
+				t.Errorf("%v: batch: %q, %v; want %q", mode, got, err, tag)
+			}
+		}
+		if err := br.Close(); err != nil {
+			t.Fatal(err)
+		}
+		want("other.counter", 4)
+		want("public.counter", 5)
+		execTag(t, c, simple, "UPDATE other.counter SET n = 0", "UPDATE 1")
+		readN(t, c, "counter", 1)
+		bumpCounter(t, db, 1)
+		execCode(t, c, simple, "EXECUTE u(1, 6)", "VL409")
+	}
+	bumpCounter(t, db, 1)
+	execCode(t, c, simple, "EXECUTE u(1, 6)", "VL409")
+}
+
 func bumpCounter(t *testing.T, db string, id int) {
 	t.Helper()
 	if _, err := direct(t, db).Exec(context.Background(), "UPDATE counter SET version = version + 1 WHERE id = $1", id); err != nil {

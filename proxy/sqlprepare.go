@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 	"github.com/pgoptimist/pgoptimist/rewrite"
@@ -538,7 +539,10 @@ func (s *session) sendRefresh(r *refresh, own string) error {
 			return err
 		}
 	}
-	for _, st := range steps {
+	// The check's errors are the EXECUTE's, their positions counted in the
+	// client's text, as PostgreSQL counts them in the statement's.
+	shift := int32(utf8.RuneCountInString(r.check) - utf8.RuneCountInString(r.rec.sent))
+	for i, st := range steps {
 		s.queue.push(pending{kind: pendParse, answer: answerProxy})
 		s.queue.push(pending{kind: pendBind, answer: answerProxy})
 		if err := s.send(&pgproto3.Parse{Name: own, Query: st.sql}, &pgproto3.Bind{DestinationPortal: own, PreparedStatement: own}); err != nil {
@@ -553,7 +557,11 @@ func (s *session) sendRefresh(r *refresh, own string) error {
 				return err
 			}
 		}
-		s.pushPrep(pending{kind: pendExecute, answer: answerProxy, prep: onePrep(st.e)})
+		ex := pending{kind: pendExecute, answer: answerProxy, prep: onePrep(st.e)}
+		if i == 0 {
+			ex.shift = shift
+		}
+		s.pushPrep(ex)
 		if err := s.send(&pgproto3.Execute{Portal: own}); err != nil {
 			return err
 		}
