@@ -450,6 +450,17 @@ func TestTrackedPrepareSearchPathInOneQuery(t *testing.T) {
 	if n := readN(t, d, "public.counter", 1); n != 10 {
 		t.Errorf("public.counter n = %d, want 10", n)
 	}
+
+	// Bound by the extended protocol, by a client that prepares nothing
+	// else that way.
+	execTag(t, c, simple, "SET search_path TO other", "SET")
+	res := c.PgConn().ExecPrepared(context.Background(), "u", [][]byte{[]byte("1"), []byte("11")}, nil, nil).Read()
+	if res.Err != nil || res.CommandTag.String() != "UPDATE 1" {
+		t.Errorf("Bind of u under other: %q, %v", res.CommandTag, res.Err)
+	}
+	if n := readN(t, d, "other.counter", 1); n != 11 {
+		t.Errorf("other.counter n = %d, want 11", n)
+	}
 }
 
 // TestTrackedPrepareSearchPathBatches: prepared again inside a transaction
@@ -530,6 +541,38 @@ func TestTrackedPrepareSearchPathBatches(t *testing.T) {
 	}
 	bumpCounter(t, db, 1)
 	execCode(t, c, simple, "EXECUTE u(1, 6)", "VL409")
+}
+
+// TestPrepareSearchPathExplicit: in explicit mode the server holds a
+// guarded PREPARE with the version increment the proxy added; under
+// another search_path it is prepared again from the client's text, and
+// back under the guarded table, with the increment again.
+func TestPrepareSearchPathExplicit(t *testing.T) {
+	db := newDatabase(t, prepareDDL+"\nINSERT INTO other.counter (id, n) VALUES (1, 0);")
+	p := guardedProxy(t, config.Table{Name: "counter"})
+	c := connectMode(t, p.Addr, db, pgx.QueryExecModeSimpleProtocol)
+	d := direct(t, db)
+	simple := pgx.QueryExecModeSimpleProtocol
+	version := func() int {
+		t.Helper()
+		var v int
+		if err := d.QueryRow(context.Background(), "SELECT version FROM public.counter WHERE id = 1").Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	execTag(t, c, simple, prepareCounter, "PREPARE")
+	execTag(t, c, simple, "SET search_path TO other", "SET")
+	execTag(t, c, simple, "EXECUTE u(1, 6)", "UPDATE 1")
+	if n := readN(t, d, "other.counter", 1); n != 6 {
+		t.Errorf("other.counter n = %d, want 6", n)
+	}
+	v := version()
+	execTag(t, c, simple, "RESET search_path", "RESET")
+	execTag(t, c, simple, "EXECUTE u(1, 7)", "UPDATE 1")
+	if n, w := readN(t, d, "public.counter", 1), version(); n != 7 || w != v+1 {
+		t.Errorf("public.counter n = %d version %d, want 7 and %d", n, w, v+1)
+	}
 }
 
 func bumpCounter(t *testing.T, db string, id int) {

@@ -121,17 +121,16 @@ type prepared struct {
 	// A statement whose text is an EXECUTE of an injected one, prepared
 	// with the version as a literal argument: the EXECUTE, the text the
 	// server got, and the record of the statement it executes as it was
-	// then (see planExecuteParse). For a statement the proxy prepared by
-	// SQL PREPARE in its Inject form (or prepared again, see
-	// refreshPrepared), sent is the PREPARE the server got.
+	// then (see planExecuteParse). For a statement prepared by SQL
+	// PREPARE, sent is the PREPARE the server got.
 	execute *rewrite.Statement
 	sent    string
 	target  *prepared
-	// A statement prepared by SQL PREPARE in its Inject form: the client's
-	// PREPARE text and the resolution (rewrite.ExactPath) it was planned
-	// under. PostgreSQL analyzes a prepared statement again when the
-	// search_path changes; the proxy prepares it again from the client's
-	// text when the names resolve otherwise (refreshPrepared).
+	// A guarded statement prepared by SQL PREPARE: the client's PREPARE
+	// text and the resolution (rewrite.ExactPath) it was planned under.
+	// PostgreSQL analyzes a prepared statement again when the search_path
+	// changes; the proxy prepares it again from the client's text when the
+	// names resolve otherwise (refreshPrepared).
 	source string
 	path   string
 	// A PREPARE, DEALLOCATE or DISCARD ALL prepared by a Parse: what an

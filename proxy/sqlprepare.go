@@ -23,8 +23,10 @@ import (
 // version read is sent in its Inject form: the server's statement has one
 // parameter more than the client gave it, and every way an EXECUTE of it
 // reaches the server must supply it (injectExecute), whatever happened in
-// between (a reload that changed the policies, another search_path): the
-// record keeps the plan the statement was prepared under.
+// between (a reload that changed the policies): the record keeps the plan
+// the statement was prepared under. When the session's names come to
+// resolve otherwise, the statement is prepared again before it next runs,
+// as PostgreSQL analyzes it again (refreshPrepared).
 
 // prepOp is what a statement does to the prepared statements.
 type prepOp uint8
@@ -55,8 +57,8 @@ type prepEffects struct {
 }
 
 // prepEffectOf is what st will do to the prepared statements; source is
-// st's text as the client wrote it ("": not known), kept for a PREPARE sent
-// in its Inject form.
+// st's text as the client wrote it ("": not known), kept with a guarded
+// PREPARE's record.
 func (g *sessionGuard) prepEffectOf(st *rewrite.Statement, source string) prepEffect {
 	switch st.Kind {
 	case rewrite.KindPrepare:
@@ -65,7 +67,7 @@ func (g *sessionGuard) prepEffectOf(st *rewrite.Statement, source string) prepEf
 		if in == nil || in.Policy == nil && (g.store == nil || !needsTracking(in)) {
 			return e
 		}
-		e.prep = &prepared{plan: in, quietWhenEmpty: g.quietWhenEmpty(in)}
+		e.prep = &prepared{plan: in, quietWhenEmpty: g.quietWhenEmpty(in), sent: st.SQL}
 		if g.store != nil && st.Inject != nil && in.Inject != nil {
 			// Sent in its Inject form: the plan's Inject.Param is the
 			// parameter the server's statement has beyond the client's.
@@ -73,9 +75,11 @@ func (g *sessionGuard) prepEffectOf(st *rewrite.Statement, source string) prepEf
 			cp.Inject = &rewrite.Injection{Param: st.Inject.Param, Type: st.Inject.Type, SQL: st.Inject.SQL}
 			e.prep.plan, e.prep.injected = &cp, true
 			e.prep.sent = st.Inject.SQL
-			if source != "" {
-				e.prep.source, e.prep.path = strings.Clone(source), g.res.path
-			}
+		}
+		if source != "" {
+			// The server holds the text as the proxy planned it, which
+			// PostgreSQL would analyze again under another search_path.
+			e.prep.source, e.prep.path = strings.Clone(source), g.res.path
 		}
 		return e
 	case rewrite.KindDeallocate:
@@ -436,16 +440,17 @@ func (s *session) rebakeExecute(name []byte, prep *prepared) *prepared {
 
 // Prepared again under another resolution. PostgreSQL analyzes a prepared
 // statement again, from the client's text, when the session's search_path
-// has changed since it was prepared. The server's copy of a statement the
-// proxy prepared in its Inject form is not the client's text: analyzed
-// again, its injected predicate would name the version column of whatever
-// table the name reaches now (42703 where it has none), and whether the
-// EXECUTE must carry the version at all depends on that table. So before
-// an EXECUTE (or a Bind) of such a statement under another resolution, the
-// proxy prepares the client's PREPARE again, planned now: in its Inject
-// form if the table it reaches is tracked, as planned otherwise (the
-// client's text when it reaches no guarded table). Its own statements go
-// first, their answers hidden from the client:
+// has changed since it was prepared. The server's copy of a guarded
+// statement the proxy prepared is not the client's text: analyzed again,
+// its injected predicate (or the version increment the proxy added) would
+// name the version column of whatever table the name reaches now (42703
+// where it has none), and whether an EXECUTE must carry the version at all
+// depends on that table. So before an EXECUTE (or a Bind) of such a
+// statement under another resolution, the proxy prepares the client's
+// PREPARE again, planned now: in its Inject form if the table it reaches
+// is tracked, as planned otherwise (the client's text when it reaches no
+// guarded table). Its own statements go first, their answers hidden from
+// the client:
 //
 //	PREPARE pgoptimist_check ...   the new text under a name of the proxy's
 //	DEALLOCATE pgoptimist_check
@@ -501,10 +506,7 @@ func (s *session) refreshPrepared(name string, p *prepared) *refresh {
 		if in == nil {
 			in = &rewrite.Statement{SQL: st.SQL, Kind: rewrite.KindOther}
 		}
-		rec = &prepared{plan: in}
-	}
-	if !rec.injected {
-		rec.sent = plan.SQL
+		rec = &prepared{plan: in, sent: st.SQL}
 	}
 	rec.source, rec.path = p.source, g.res.path
 	if rec.sent == p.sent {
