@@ -397,6 +397,13 @@ func TestTrackedPrepareSearchPath(t *testing.T) {
 			}
 			want("public.counter", 10)
 
+			// Inside EXPLAIN ANALYZE, which runs it, and EXPLAIN.
+			execTag(t, c, m.mode, "SET search_path TO other", "SET")
+			execTag(t, c, m.mode, "EXPLAIN ANALYZE EXECUTE u(1, 11)", "EXPLAIN")
+			want("other.counter", 11)
+			execTag(t, c, m.mode, "RESET search_path", "RESET")
+			execTag(t, c, m.mode, "EXPLAIN EXECUTE u(1, 11)", "EXPLAIN")
+
 			// Nothing of the refresh stays (the statement that raised the
 			// stale errors does); u is the client's, in its Inject form.
 			var names, stmt string
@@ -461,6 +468,12 @@ func TestTrackedPrepareSearchPathInOneQuery(t *testing.T) {
 	if n := readN(t, d, "other.counter", 1); n != 11 {
 		t.Errorf("other.counter n = %d, want 11", n)
 	}
+	// Inside EXPLAIN too, either way.
+	execTag(t, c, simple, "RESET search_path; EXPLAIN EXECUTE u(1, 12)", "EXPLAIN")
+	execTag(t, c, simple, "SET search_path TO other; EXPLAIN ANALYZE EXECUTE u(1, 12)", "EXPLAIN")
+	if n := readN(t, d, "other.counter", 1); n != 12 {
+		t.Errorf("other.counter n = %d, want 12", n)
+	}
 }
 
 // TestTrackedPrepareSearchPathBatches: prepared again inside a transaction
@@ -520,10 +533,11 @@ func TestTrackedPrepareSearchPathBatches(t *testing.T) {
 		b := &pgx.Batch{}
 		b.Queue("SET search_path TO other")
 		b.Queue("EXECUTE u(1, 4)")
+		b.Queue("EXECUTE u(1, 14)") // its statement made before u was prepared again
 		b.Queue("RESET search_path")
 		b.Queue("EXECUTE u(1, 5)")
 		br := c.SendBatch(ctx, b)
-		for _, tag := range []string{"SET", "UPDATE 1", "RESET", "UPDATE 1"} {
+		for _, tag := range []string{"SET", "UPDATE 1", "UPDATE 1", "RESET", "UPDATE 1"} {
 			got, err := br.Exec()
 			if err != nil || got.String() != tag {
 				t.Errorf("%v: batch: %q, %v; want %q", mode, got, err, tag)
@@ -532,7 +546,7 @@ func TestTrackedPrepareSearchPathBatches(t *testing.T) {
 		if err := br.Close(); err != nil {
 			t.Fatal(err)
 		}
-		want("other.counter", 4)
+		want("other.counter", 14)
 		want("public.counter", 5)
 		execTag(t, c, simple, "UPDATE other.counter SET n = 0", "UPDATE 1")
 		readN(t, c, "counter", 1)
