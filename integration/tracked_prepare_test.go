@@ -474,6 +474,13 @@ func TestTrackedPrepareSearchPathInOneQuery(t *testing.T) {
 	if n := readN(t, d, "other.counter", 1); n != 12 {
 		t.Errorf("other.counter n = %d, want 12", n)
 	}
+	// Prepared right after the SET that makes its name the tracked table.
+	execTag(t, c, simple, "DEALLOCATE u", "DEALLOCATE")
+	execTag(t, c, simple, "RESET search_path; "+prepareCounter, "PREPARE")
+	execTag(t, c, simple, "SET search_path TO other; EXECUTE u(1, 13)", "UPDATE 1")
+	if n := readN(t, d, "other.counter", 1); n != 13 {
+		t.Errorf("other.counter n = %d, want 13", n)
+	}
 }
 
 // TestTrackedPrepareSearchPathBatches: prepared again inside a transaction

@@ -112,7 +112,7 @@ func (s *session) guardQuery(msg, sql []byte, changes bool) error {
 			delete(g.portals, "")
 			t := &translation{plan: base, acts: make([]action, len(base.Statements)), dynamic: true}
 			t.ov.g = g
-			t.srcs = prepareSources(unsafeString(sql), base)
+			t.srcs = prepareSources(unsafeString(sql), base, true)
 			first := prepOverlay{g: g} // each statement is planned again in its turn, under t.ov
 			for i := range base.Statements {
 				t.acts[i] = s.planStatement(&base.Statements[i], &first, sourceAt(t.srcs, i))
@@ -125,7 +125,7 @@ func (s *session) guardQuery(msg, sql []byte, changes bool) error {
 	acts := make([]action, len(plan.Statements))
 	need, rewritten := false, false
 	ov := prepOverlay{g: g}
-	srcs := prepareSources(unsafeString(sql), plan)
+	srcs := prepareSources(unsafeString(sql), plan, false)
 	for i := range plan.Statements {
 		acts[i] = s.planStatement(&plan.Statements[i], &ov, sourceAt(srcs, i))
 		need = need || acts[i].refuse || acts[i].check || acts[i].refresh != nil

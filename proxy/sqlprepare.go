@@ -578,10 +578,13 @@ func (s *session) sendRefresh(r *refresh, own string) error {
 }
 
 // prepareSources is the client's own text of each statement of a simple
-// query whose plan holds a PREPARE (nil otherwise), in a copy of its own.
-func prepareSources(sql string, plan *rewrite.Plan) []string {
+// query whose plan holds a PREPARE of a guarded statement (nil otherwise),
+// in a copy of its own. unresolved: the plan was made without resolving
+// any name (a dynamic translation), so any PREPARE may be one.
+func prepareSources(sql string, plan *rewrite.Plan, unresolved bool) []string {
 	for i := range plan.Statements {
-		if plan.Statements[i].Kind != rewrite.KindPrepare {
+		st := &plan.Statements[i]
+		if st.Kind != rewrite.KindPrepare || st.Inner == nil || !unresolved && st.Inner.Policy == nil && !needsTracking(st.Inner) {
 			continue
 		}
 		if len(plan.Statements) == 1 {
