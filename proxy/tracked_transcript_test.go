@@ -455,19 +455,26 @@ func TestTranscriptPrepareRefreshed(t *testing.T) {
 			&pgproto3.DataRow{Values: [][]byte{[]byte(oid)}}, cc("SELECT 1"), ready('I'),
 		}
 	}
-	refresh := func(sent string) []any {
+	// The proxy's statements that prepare u again as sent, and their tags.
+	steps := func(sent string) []string {
 		check, ok := rewrite.PrepareRenamed(sent, checkName)
 		if !ok {
 			t.Fatalf("PrepareRenamed(%q)", sent)
 		}
+		return []string{check, "DEALLOCATE pgoptimist_check", "DEALLOCATE u", sent}
+	}
+	tags := []string{"PREPARE", "DEALLOCATE", "DEALLOCATE", "PREPARE"}
+	refresh := func(sent string) []any {
 		var out []any
-		for _, sql := range []string{check, "DEALLOCATE pgoptimist_check", "DEALLOCATE u", sent} {
+		for _, sql := range steps(sent) {
 			out = append(out, parse("", sql), bind("", ""), execute(""))
 		}
 		return out
 	}
-	refreshed := []any{parseComplete, bindComplete, cc("PREPARE"), parseComplete, bindComplete, cc("DEALLOCATE"),
-		parseComplete, bindComplete, cc("DEALLOCATE"), parseComplete, bindComplete, cc("PREPARE")}
+	var refreshed []any
+	for _, tag := range tags {
+		refreshed = append(refreshed, parseComplete, bindComplete, cc(tag))
+	}
 	pipeline := func(sql string) []any {
 		return []any{parse("", sql), bind("", ""), &pgproto3.Describe{ObjectType: 'P'}, execute(""), syncMsg}
 	}
@@ -530,6 +537,23 @@ func TestTranscriptPrepareRefreshed(t *testing.T) {
 			clientGets(inFailedTx, ready('E')),
 		}),
 	}
+	// Bound by the extended protocol: the proxy's statements run through
+	// a statement and portal of its own, each closed again, before the
+	// client's Bind, which then goes with the client's parameters.
+	own := []any{&pgproto3.Close{ObjectType: 'S', Name: refreshName}}
+	ownDone := []any{closeComplete}
+	for i, sql := range steps(prep) {
+		own = append(own, parse(refreshName, sql), bind(refreshName, refreshName),
+			&pgproto3.Close{ObjectType: 'S', Name: refreshName}, execute(refreshName), &pgproto3.Close{ObjectType: 'P', Name: refreshName})
+		ownDone = append(ownDone, parseComplete, bindComplete, closeComplete, cc(tags[i]), closeComplete)
+	}
+	cases["bound"] = join(setAway, []step{
+		client(bind("", "u", "7"), execute(""), syncMsg),
+	}, asked("4242"), []step{
+		serverGets(own, bind("", "u", "7"), execute(""), syncMsg),
+		server(ownDone, bindComplete, cc("UPDATE 1"), ready('I')),
+		clientGets(bindComplete, cc("UPDATE 1"), ready('I')),
+	})
 	for name, tr := range cases {
 		t.Run(name, func(t *testing.T) {
 			for _, f := range []feed{feedWhole, feedBytewise} {
