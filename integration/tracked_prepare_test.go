@@ -304,8 +304,14 @@ func TestTrackedPrepareFollowsOutcomes(t *testing.T) {
 	if n := readN(t, direct(t, db), "public.counter", 1); n != 5 {
 		t.Errorf("public.counter n = %d, want 5", n)
 	}
+	if _, err := direct(t, db).Exec(ctx, "INSERT INTO other.counter (id, n) VALUES (1, 0)"); err != nil {
+		t.Fatal(err)
+	}
 	execTag(t, c, pgx.QueryExecModeSimpleProtocol, "SET search_path TO other", "SET")
-	execTag(t, c, pgx.QueryExecModeSimpleProtocol, "EXECUTE u(1, 6)", "UPDATE 0") // other.counter is empty
+	execTag(t, c, pgx.QueryExecModeSimpleProtocol, "EXECUTE u(1, 6)", "UPDATE 1")
+	if n, m := readN(t, direct(t, db), "other.counter", 1), readN(t, direct(t, db), "public.counter", 1); n != 6 || m != 5 {
+		t.Errorf("other.counter n = %d, public.counter n = %d; want 6 and 5", n, m)
+	}
 	execTag(t, c, pgx.QueryExecModeSimpleProtocol, "RESET search_path", "RESET")
 	execTag(t, c, pgx.QueryExecModeSimpleProtocol, "EXECUTE u(1, 6)", "UPDATE 1") // in its Inject form again
 
