@@ -290,12 +290,11 @@ func TestTrackedPrepareFollowsOutcomes(t *testing.T) {
 	}
 	one("EXECUTE u")
 
-	// Another search_path: the EXECUTE still gets its argument. PostgreSQL
-	// analyzes a prepared statement again under a new search_path: while
-	// the name reaches the same table, it runs; once it reaches another
-	// table, that one must have the version column the injected predicate
-	// names (other.counter has none: 42703, where the EXECUTE would have
-	// updated other.counter without the proxy; the README says so).
+	// Another search_path: the EXECUTE still gets its argument while the
+	// name reaches the same table. Once it reaches another table (which
+	// has no version column), the statement runs there, as PostgreSQL,
+	// which analyzes a prepared statement again under a new search_path,
+	// would run it (TestTrackedPrepareSearchPath).
 	execTag(t, c, pgx.QueryExecModeSimpleProtocol, "DEALLOCATE u", "DEALLOCATE")
 	execTag(t, c, pgx.QueryExecModeSimpleProtocol, prepareCounter, "PREPARE")
 	execTag(t, c, pgx.QueryExecModeSimpleProtocol, "SET search_path TO public, other", "SET")
@@ -305,9 +304,16 @@ func TestTrackedPrepareFollowsOutcomes(t *testing.T) {
 	if n := readN(t, direct(t, db), "public.counter", 1); n != 5 {
 		t.Errorf("public.counter n = %d, want 5", n)
 	}
+	if _, err := direct(t, db).Exec(ctx, "INSERT INTO other.counter (id, n) VALUES (1, 0)"); err != nil {
+		t.Fatal(err)
+	}
 	execTag(t, c, pgx.QueryExecModeSimpleProtocol, "SET search_path TO other", "SET")
-	execCode(t, c, pgx.QueryExecModeSimpleProtocol, "EXECUTE u(1, 6)", "42703")
+	execTag(t, c, pgx.QueryExecModeSimpleProtocol, "EXECUTE u(1, 6)", "UPDATE 1")
+	if n, m := readN(t, direct(t, db), "other.counter", 1), readN(t, direct(t, db), "public.counter", 1); n != 6 || m != 5 {
+		t.Errorf("other.counter n = %d, public.counter n = %d; want 6 and 5", n, m)
+	}
 	execTag(t, c, pgx.QueryExecModeSimpleProtocol, "RESET search_path", "RESET")
+	execTag(t, c, pgx.QueryExecModeSimpleProtocol, "EXECUTE u(1, 6)", "UPDATE 1") // in its Inject form again
 
 	// Sent in a Parse: PREPARE and DEALLOCATE are followed too.
 	x := connect(t, p.Addr, db)
@@ -326,6 +332,273 @@ func TestTrackedPrepareFollowsOutcomes(t *testing.T) {
 	}
 	if !strings.Contains(stmt, "$3 IS NULL") || types != "{integer,integer,integer}" {
 		t.Errorf("pg_prepared_statements: %q %s", stmt, types)
+	}
+}
+
+// TestTrackedPrepareSearchPath: PostgreSQL analyzes a prepared statement
+// again when the session's search_path has changed since it was prepared.
+// A statement the proxy prepared in its Inject form is prepared again from
+// the client's text before an EXECUTE under another resolution: as written
+// where the name reaches an unguarded table (other.counter, without a
+// version column), in its Inject form again, checked, once it reaches the
+// tracked table again. However the EXECUTE is sent: a simple query, alone
+// or after the SET in one string; a Parse of the EXECUTE, unnamed (exec
+// mode) or named and bound again (cache-statement mode); a Bind of the
+// statement itself.
+func TestTrackedPrepareSearchPath(t *testing.T) {
+	ctx := context.Background()
+	for _, m := range prepareModes {
+		t.Run(m.name, func(t *testing.T) {
+			db := newDatabase(t, prepareDDL+"\nINSERT INTO other.counter (id, n) VALUES (1, 0);")
+			p := guardedProxy(t, prepareTables()...)
+			c := connect(t, p.Addr, db)
+			d := direct(t, db)
+			want := func(table string, n int) {
+				t.Helper()
+				if got := readN(t, d, table, 1); got != n {
+					t.Errorf("%s n = %d, want %d", table, got, n)
+				}
+			}
+			execTag(t, c, m.mode, prepareCounter, "PREPARE")
+			readN(t, c, "counter", 1)
+			execTag(t, c, m.mode, "SET search_path TO other", "SET")
+			execTag(t, c, m.mode, "EXECUTE u(1, 6)", "UPDATE 1")
+			want("other.counter", 6)
+			want("public.counter", 0)
+			execTag(t, c, m.mode, "EXECUTE u(1, 7)", "UPDATE 1")
+			want("other.counter", 7)
+
+			// The tracked table again: checked.
+			execTag(t, c, m.mode, "RESET search_path", "RESET")
+			bumpCounter(t, db, 1)
+			execCode(t, c, m.mode, "EXECUTE u(1, 8)", "VL409")
+			want("public.counter", 0)
+			readN(t, c, "counter", 1)
+			execTag(t, c, m.mode, "EXECUTE u(1, 8)", "UPDATE 1")
+			want("public.counter", 8)
+			want("other.counter", 7)
+
+			// Bound by the extended protocol: the client's two arguments
+			// reach other.counter; back, the third is the version.
+			bindU := func(n string) pgconn.CommandTag {
+				t.Helper()
+				res := c.PgConn().ExecPrepared(ctx, "u", [][]byte{[]byte("1"), []byte(n)}, nil, nil).Read()
+				if res.Err != nil {
+					t.Fatalf("Bind of u: %v", res.Err)
+				}
+				return res.CommandTag
+			}
+			execTag(t, c, m.mode, "SET search_path TO other", "SET")
+			if tag := bindU("9"); tag.String() != "UPDATE 1" {
+				t.Errorf("Bind of u under other: %q", tag)
+			}
+			want("other.counter", 9)
+			execTag(t, c, m.mode, "RESET search_path", "RESET")
+			bumpCounter(t, db, 1)
+			res := c.PgConn().ExecPrepared(ctx, "u", [][]byte{[]byte("1"), []byte("10")}, nil, nil).Read()
+			wantCode(t, res.Err, "VL409")
+			readN(t, c, "counter", 1)
+			if tag := bindU("10"); tag.String() != "UPDATE 1" {
+				t.Errorf("Bind of u: %q", tag)
+			}
+			want("public.counter", 10)
+
+			// Inside EXPLAIN ANALYZE, which runs it, and EXPLAIN.
+			execTag(t, c, m.mode, "SET search_path TO other", "SET")
+			execTag(t, c, m.mode, "EXPLAIN ANALYZE EXECUTE u(1, 11)", "EXPLAIN")
+			want("other.counter", 11)
+			execTag(t, c, m.mode, "RESET search_path", "RESET")
+			execTag(t, c, m.mode, "EXPLAIN EXECUTE u(1, 11)", "EXPLAIN")
+
+			// Nothing of the refresh stays (the statement that raised the
+			// stale errors does); u is the client's, in its Inject form.
+			var names, stmt string
+			if err := c.QueryRow(ctx, "SELECT pg_catalog.string_agg(name, ',' ORDER BY name), pg_catalog.max(statement) FILTER (WHERE name = 'u') FROM pg_catalog.pg_prepared_statements WHERE name NOT LIKE 'stmtcache%' AND name <> 'pgoptimist_raise'").Scan(&names, &stmt); err != nil {
+				t.Fatal(err)
+			}
+			if names != "u" || !strings.Contains(stmt, "$3 IS NULL") {
+				t.Errorf("pg_prepared_statements: %q, u: %q", names, stmt)
+			}
+		})
+	}
+}
+
+// TestTrackedPrepareSearchPathInOneQuery: the EXECUTE right after the SET
+// in one simple query runs under the new resolution, and so does the one
+// after a RESET back.
+func TestTrackedPrepareSearchPathInOneQuery(t *testing.T) {
+	db := newDatabase(t, prepareDDL+"\nINSERT INTO other.counter (id, n) VALUES (1, 0);")
+	p := guardedProxy(t, prepareTables()...)
+	c := connectMode(t, p.Addr, db, pgx.QueryExecModeSimpleProtocol)
+	d := direct(t, db)
+	simple := pgx.QueryExecModeSimpleProtocol
+	execTag(t, c, simple, prepareCounter, "PREPARE")
+	readN(t, c, "counter", 1)
+	execTag(t, c, simple, "SET search_path TO other; EXECUTE u(1, 6)", "UPDATE 1")
+	if n := readN(t, d, "other.counter", 1); n != 6 {
+		t.Errorf("other.counter n = %d, want 6", n)
+	}
+	bumpCounter(t, db, 1)
+	execCode(t, c, simple, "SELECT 1; RESET search_path; EXECUTE u(1, 7)", "VL409")
+	if n := readN(t, d, "public.counter", 1); n != 0 {
+		t.Errorf("public.counter n = %d, want 0", n)
+	}
+	// The failed query's RESET was rolled back with it: under other still.
+	if n := readN(t, c, "counter", 1); n != 6 {
+		t.Errorf("counter under other: n = %d, want 6", n)
+	}
+	execTag(t, c, simple, "RESET search_path", "RESET")
+	readN(t, c, "counter", 1)
+	execTag(t, c, simple, "SET search_path TO other; EXECUTE u(1, 8); RESET search_path; EXECUTE u(1, 9)", "UPDATE 1")
+	if n := readN(t, d, "other.counter", 1); n != 8 {
+		t.Errorf("other.counter n = %d, want 8", n)
+	}
+	if n := readN(t, d, "public.counter", 1); n != 9 {
+		t.Errorf("public.counter n = %d, want 9", n)
+	}
+	// Under a search_path where the name reaches nothing, the client gets
+	// PostgreSQL's own error, and the statement is kept for later.
+	execCode(t, c, simple, "SET search_path TO pg_temp; EXECUTE u(1, 10)", "42P01")
+	execTag(t, c, simple, "RESET search_path; EXECUTE u(1, 10)", "UPDATE 1")
+	if n := readN(t, d, "public.counter", 1); n != 10 {
+		t.Errorf("public.counter n = %d, want 10", n)
+	}
+
+	// Bound by the extended protocol, by a client that prepares nothing
+	// else that way.
+	execTag(t, c, simple, "SET search_path TO other", "SET")
+	res := c.PgConn().ExecPrepared(context.Background(), "u", [][]byte{[]byte("1"), []byte("11")}, nil, nil).Read()
+	if res.Err != nil || res.CommandTag.String() != "UPDATE 1" {
+		t.Errorf("Bind of u under other: %q, %v", res.CommandTag, res.Err)
+	}
+	if n := readN(t, d, "other.counter", 1); n != 11 {
+		t.Errorf("other.counter n = %d, want 11", n)
+	}
+	// Inside EXPLAIN too, either way.
+	execTag(t, c, simple, "RESET search_path; EXPLAIN EXECUTE u(1, 12)", "EXPLAIN")
+	execTag(t, c, simple, "SET search_path TO other; EXPLAIN ANALYZE EXECUTE u(1, 12)", "EXPLAIN")
+	if n := readN(t, d, "other.counter", 1); n != 12 {
+		t.Errorf("other.counter n = %d, want 12", n)
+	}
+	// Prepared right after the SET that makes its name the tracked table.
+	execTag(t, c, simple, "DEALLOCATE u", "DEALLOCATE")
+	execTag(t, c, simple, "RESET search_path; "+prepareCounter, "PREPARE")
+	execTag(t, c, simple, "SET search_path TO other; EXECUTE u(1, 13)", "UPDATE 1")
+	if n := readN(t, d, "other.counter", 1); n != 13 {
+		t.Errorf("other.counter n = %d, want 13", n)
+	}
+}
+
+// TestTrackedPrepareSearchPathBatches: prepared again inside a transaction
+// block (the statement stays prepared when the block rolls back, as
+// PostgreSQL's does), inside a batch of the extended protocol after the SET
+// that changes the names, and, where the client's text does not analyze
+// under the new names, the client gets PostgreSQL's error and the
+// statement works again once the names are back.
+func TestTrackedPrepareSearchPathBatches(t *testing.T) {
+	ctx := context.Background()
+	db := newDatabase(t, prepareDDL+"\nINSERT INTO other.counter (id, n) VALUES (1, 0);")
+	p := guardedProxy(t, prepareTables()...)
+	d := direct(t, db)
+	want := func(table string, n int) {
+		t.Helper()
+		if got := readN(t, d, table, 1); got != n {
+			t.Errorf("%s n = %d, want %d", table, got, n)
+		}
+	}
+	simple, exec := pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec
+
+	c := connect(t, p.Addr, db)
+	execTag(t, c, simple, prepareCounter, "PREPARE")
+	readN(t, c, "counter", 1)
+	execTag(t, c, simple, "BEGIN", "BEGIN")
+	execTag(t, c, simple, "SET search_path TO other", "SET")
+	execTag(t, c, simple, "EXECUTE u(1, 1)", "UPDATE 1")
+	want("other.counter", 0) // not committed
+	execTag(t, c, simple, "ROLLBACK", "ROLLBACK")
+	want("other.counter", 0)
+	bumpCounter(t, db, 1)
+	execCode(t, c, simple, "EXECUTE u(1, 2)", "VL409")
+	readN(t, c, "counter", 1)
+	execTag(t, c, simple, "EXECUTE u(1, 2)", "UPDATE 1")
+	want("public.counter", 2)
+
+	// Not analyzable under the new names: the error at the EXECUTE's
+	// Bind, then all is as it was.
+	execTag(t, d, simple, prepareCounter, "PREPARE")
+	execTag(t, d, simple, "SET search_path TO pg_temp", "SET")
+	de := execCode(t, d, simple, "EXECUTE u(1, 3)", "42P01")
+	execTag(t, d, simple, "RESET search_path", "RESET")
+	execTag(t, c, exec, "SET search_path TO pg_temp", "SET")
+	for _, mode := range []pgx.QueryExecMode{exec, simple} {
+		pe := execCode(t, c, mode, "EXECUTE u(1, 3)", "42P01")
+		if pe.Message != de.Message || pe.Position != de.Position {
+			t.Errorf("%v: %q at %d; PostgreSQL: %q at %d", mode, pe.Message, pe.Position, de.Message, de.Position)
+		}
+	}
+	execTag(t, c, exec, "RESET search_path", "RESET")
+	execTag(t, c, exec, "EXECUTE u(1, 3)", "UPDATE 1")
+	want("public.counter", 3)
+
+	for _, mode := range []pgx.QueryExecMode{exec, pgx.QueryExecModeCacheStatement} {
+		c := connectMode(t, p.Addr, db, mode)
+		execTag(t, c, simple, prepareCounter, "PREPARE")
+		b := &pgx.Batch{}
+		b.Queue("SET search_path TO other")
+		b.Queue("EXECUTE u(1, 4)")
+		b.Queue("EXECUTE u(1, 14)") // its statement made before u was prepared again
+		b.Queue("RESET search_path")
+		b.Queue("EXECUTE u(1, 5)")
+		br := c.SendBatch(ctx, b)
+		for _, tag := range []string{"SET", "UPDATE 1", "UPDATE 1", "RESET", "UPDATE 1"} {
+			got, err := br.Exec()
+			if err != nil || got.String() != tag {
+				t.Errorf("%v: batch: %q, %v; want %q", mode, got, err, tag)
+			}
+		}
+		if err := br.Close(); err != nil {
+			t.Fatal(err)
+		}
+		want("other.counter", 14)
+		want("public.counter", 5)
+		execTag(t, c, simple, "UPDATE other.counter SET n = 0", "UPDATE 1")
+		readN(t, c, "counter", 1)
+		bumpCounter(t, db, 1)
+		execCode(t, c, simple, "EXECUTE u(1, 6)", "VL409")
+	}
+	bumpCounter(t, db, 1)
+	execCode(t, c, simple, "EXECUTE u(1, 6)", "VL409")
+}
+
+// TestPrepareSearchPathExplicit: in explicit mode the server holds a
+// guarded PREPARE with the version increment the proxy added; under
+// another search_path it is prepared again from the client's text, and
+// back under the guarded table, with the increment again.
+func TestPrepareSearchPathExplicit(t *testing.T) {
+	db := newDatabase(t, prepareDDL+"\nINSERT INTO other.counter (id, n) VALUES (1, 0);")
+	p := guardedProxy(t, config.Table{Name: "counter"})
+	c := connectMode(t, p.Addr, db, pgx.QueryExecModeSimpleProtocol)
+	d := direct(t, db)
+	simple := pgx.QueryExecModeSimpleProtocol
+	version := func() int {
+		t.Helper()
+		var v int
+		if err := d.QueryRow(context.Background(), "SELECT version FROM public.counter WHERE id = 1").Scan(&v); err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	execTag(t, c, simple, prepareCounter, "PREPARE")
+	execTag(t, c, simple, "SET search_path TO other", "SET")
+	execTag(t, c, simple, "EXECUTE u(1, 6)", "UPDATE 1")
+	if n := readN(t, d, "other.counter", 1); n != 6 {
+		t.Errorf("other.counter n = %d, want 6", n)
+	}
+	v := version()
+	execTag(t, c, simple, "RESET search_path", "RESET")
+	execTag(t, c, simple, "EXECUTE u(1, 7)", "UPDATE 1")
+	if n, w := readN(t, d, "public.counter", 1), version(); n != 7 || w != v+1 {
+		t.Errorf("public.counter n = %d version %d, want 7 and %d", n, w, v+1)
 	}
 }
 

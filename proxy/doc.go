@@ -30,8 +30,10 @@
 //     to raise (stale.go).
 //   - sqlprepare.go: SQL-level PREPARE, EXECUTE, DEALLOCATE and DISCARD
 //     ALL: what they do to the session's prepared statements, followed
-//     from the server's answers, and the extra argument every EXECUTE of
-//     a statement prepared with the injected version parameter needs.
+//     from the server's answers, the extra argument every EXECUTE of
+//     a statement prepared with the injected version parameter needs, and
+//     preparing a guarded statement again from the client's text when the
+//     session's names have come to resolve otherwise.
 //   - tracked.go, tracked_client.go, tracked_rows.go: tracked, required
 //     and observe modes: the versions a session read (its memory), what
 //     the client's reads and writes become (hidden columns, the injected

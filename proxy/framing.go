@@ -69,7 +69,7 @@ func (s *session) processClient() {
 					continue
 				}
 			}
-			if g.res.unsure && (typ == msgQuery || typ == msgParse || typ == msgBind && (len(g.texts) > 0 || g.alone.set)) {
+			if g.res.unsure && (typ == msgQuery || typ == msgParse || typ == msgBind && (len(g.texts) > 0 || len(g.stmts) > 0 || g.alone.set)) {
 				if len(d) < total || s.resolveFirst(typ, d[:total]) {
 					return // the rest has not arrived, or the server is asked first
 				}

@@ -111,9 +111,10 @@ func (s *session) guardQuery(msg, sql []byte, changes bool) error {
 			delete(g.portals, "")
 			t := &translation{plan: base, acts: make([]action, len(base.Statements)), dynamic: true}
 			t.ov.g = g
+			t.srcs = prepareSources(unsafeString(sql), base, true)
 			first := prepOverlay{g: g} // each statement is planned again in its turn, under t.ov
 			for i := range base.Statements {
-				t.acts[i] = s.planStatement(&base.Statements[i], &first)
+				t.acts[i] = s.planStatement(&base.Statements[i], &first, sourceAt(t.srcs, i))
 			}
 			return s.continuePipeline(t)
 		}
@@ -123,9 +124,10 @@ func (s *session) guardQuery(msg, sql []byte, changes bool) error {
 	acts := make([]action, len(plan.Statements))
 	need, rewritten := false, false
 	ov := prepOverlay{g: g}
+	srcs := prepareSources(unsafeString(sql), plan, false)
 	for i := range plan.Statements {
-		acts[i] = s.planStatement(&plan.Statements[i], &ov)
-		need = need || acts[i].refuse || acts[i].check
+		acts[i] = s.planStatement(&plan.Statements[i], &ov, sourceAt(srcs, i))
+		need = need || acts[i].refuse || acts[i].check || acts[i].refresh != nil
 		rewritten = rewritten || acts[i].sql != ""
 	}
 	if !need {
@@ -139,7 +141,7 @@ func (s *session) guardQuery(msg, sql []byte, changes bool) error {
 	// A single statement goes as it is, unless its zero-row run could
 	// write something that the implicit transaction would commit before the
 	// stale error is raised: then it runs as a pipeline like several do.
-	if len(plan.Statements) == 1 && s.emptyRunCommitsNothing(g.quietWhenEmpty(acts[0].stmt)) {
+	if len(plan.Statements) == 1 && acts[0].refresh == nil && s.emptyRunCommitsNothing(g.quietWhenEmpty(acts[0].stmt)) {
 		a := acts[0]
 		if a.refuse {
 			s.srv.metrics.refused(a.stmt.Policy)
@@ -173,6 +175,9 @@ type action struct {
 	run    *trackRun          // tracked mode: its result and write, followed
 	exec   *prepared          // an EXECUTE's (also wrapped) prepared statement, if guarded
 	prep   prepEffect         // what it does to the prepared statements, once done
+	// An EXECUTE's prepared statement to prepare again first, under the
+	// current resolution (refreshPrepared): it runs as a pipeline.
+	refresh *refresh
 }
 
 // actionFor is what a planned statement needs at run time: a check, a
@@ -215,6 +220,7 @@ type translation struct {
 	// planned when its turn comes, under the resolution in force then.
 	dynamic bool
 	ov      prepOverlay // dynamic: the prepared statements as the next statement sees them
+	srcs    []string    // dynamic: the statements' texts as written, when one is a PREPARE
 }
 
 // forwardQuery sends a simple query on as the client wrote it, unguarded.
@@ -255,7 +261,7 @@ func (s *session) planInTurn(t *translation, i int) (bool, string) {
 	}
 	if len(p.Statements) == 1 {
 		t.plan.Statements[i] = p.Statements[0]
-		t.acts[i] = s.planStatement(&t.plan.Statements[i], &t.ov)
+		t.acts[i] = s.planStatement(&t.plan.Statements[i], &t.ov, sourceAt(t.srcs, i))
 	}
 	return true, ""
 }
@@ -281,6 +287,11 @@ func (s *session) continuePipeline(t *translation) error {
 		}
 		t.next++
 		a := t.acts[i]
+		if a.refresh != nil {
+			if err := s.sendRefresh(a.refresh, ""); err != nil {
+				return err
+			}
+		}
 		if a.refuse {
 			s.srv.metrics.refused(a.stmt.Policy)
 			if err := s.raiseInPipeline("", requiredSQL(a.stmt.Policy, g.requiredCode)); err != nil {
@@ -423,7 +434,7 @@ func (s *session) planParse(name, query, tail []byte, nOids int, alone aloneShap
 		g.alone.keep(query, tail, alone == aloneBound)
 		return "", nil, true
 	}
-	if e := g.prepEffectOf(st); e.op != prepNone {
+	if e := g.prepEffectOf(st, unsafeString(query)); e.op != prepNone {
 		// PREPARE, DEALLOCATE, DISCARD ALL in a Parse: followed when an
 		// Execute of it completes, as in a simple query.
 		g.stmts[string(name)] = &prepared{plan: &rewrite.Statement{SQL: st.SQL, Kind: st.Kind, Command: st.Command}, effect: e}
@@ -546,6 +557,8 @@ func (s *session) onBind(msg, rest []byte) error {
 		prep = g.stmts[unsafeString(stmtName)]
 		if prep != nil && prep.execute != nil {
 			prep = s.rebakeExecute(stmtName, prep) // before the Bind, which it may prepare again
+		} else if prep != nil && prep.source != "" {
+			prep = s.refreshAtBind(stmtName, prep)
 		}
 	}
 	s.queue.push(pending{kind: pendBind})

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"strconv"
+
 	"github.com/jackc/pgx/v5/pgproto3"
 )
 
@@ -19,6 +21,9 @@ func (s *session) onCommandComplete(msg []byte) {
 	}
 	if p.kind == pendExecute {
 		s.queue.pop()
+	}
+	if p.answer == answerProxy {
+		return // a statement of the proxy's own (refreshPrepared)
 	}
 	if p.check == nil || (p.kind == pendQuery && serverMsg(msg[0]) != msgCommandComplete) {
 		s.cout.append(msg...)
@@ -67,6 +72,9 @@ func (s *session) onError(msg []byte) {
 	if ok && p.answer == answerRaise {
 		msg = cleanError(msg)
 	}
+	if ok && p.shift != 0 {
+		msg = shiftPosition(msg, p.shift)
+	}
 	s.cout.append(msg...)
 	s.trackError()
 	if ok && p.aloneRead && s.guard != nil {
@@ -102,6 +110,30 @@ func cleanError(msg []byte) []byte {
 			body = append(body, f)
 			body = append(append(body, v...), 0)
 		}
+		b = rest
+	}
+	return appendFrame(nil, byte(msgErrorResponse), body, []byte{0})
+}
+
+// shiftPosition moves an error's position (in characters) shift
+// characters back: the error of a statement the proxy sent in place of
+// the client's, whose text is that much longer before the position.
+func shiftPosition(msg []byte, shift int32) []byte {
+	var body []byte
+	b := frameBody(msg)
+	for len(b) > 1 {
+		f := b[0]
+		v, rest, ok := cstringBytes(b[1:])
+		if !ok {
+			return msg
+		}
+		if f == fieldPosition {
+			if n, err := strconv.Atoi(string(v)); err == nil && n > int(shift) {
+				v = strconv.AppendInt(nil, int64(n)-int64(shift), 10)
+			}
+		}
+		body = append(body, f)
+		body = append(append(body, v...), 0)
 		b = rest
 	}
 	return appendFrame(nil, byte(msgErrorResponse), body, []byte{0})

@@ -154,26 +154,20 @@ func (l *loop) post(f func()) {
 func (l *loop) run() {
 	events := l.events
 	for {
-		// Under load events are usually ready already: look without
-		// entering the scheduler's blocking-syscall path, and block only
-		// when there is nothing.
-		n, err := epollPoll(l.epfd, events)
-		if n == 0 && err == nil {
-			// Nothing ready: the goroutine parks in the runtime's poller
-			// until the epoll descriptor is readable, as any goroutine
-			// waiting on the network does, rather than blocking in
-			// epoll_wait. A goroutine that never parks looks to the
-			// runtime's monitor (sysmon) like one running for ever: every
-			// 10 ms it would preempt it and take its P away while it
-			// waits in the system call, and poll again every 20 µs after
-			// each such take, thousands of wake-ups a second on a busy
-			// proxy, measured at 7-10 % of its CPU.
-			l.ready, l.pollErr = -1, nil
-			if werr := l.epconn.Read(l.whenReady); werr != nil {
-				panic(fmt.Sprintf("waiting for epoll: %v", werr)) // only the loop closes it, after its last wait
-			}
-			n, err = l.ready, l.pollErr
+		// Look at what is ready (pollReady); with nothing, the goroutine
+		// parks in the runtime's poller until the epoll descriptor is
+		// readable, as any goroutine waiting on the network does, rather
+		// than blocking in epoll_wait. A goroutine that never parks looks
+		// to the runtime's monitor (sysmon) like one running for ever:
+		// every 10 ms it would preempt it and take its P away while it
+		// waits in the system call, and poll again every 20 µs after each
+		// such take, thousands of wake-ups a second on a busy proxy,
+		// measured at 7-10 % of its CPU. Under load events are usually
+		// ready at once, and the wait costs no more than the look.
+		if werr := l.epconn.Read(l.whenReady); werr != nil {
+			panic(fmt.Sprintf("waiting for epoll: %v", werr)) // only the loop closes it, after its last wait
 		}
+		n, err := l.ready, l.pollErr
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
@@ -200,14 +194,10 @@ func (l *loop) run() {
 	}
 }
 
-// pollReady is the wait's callback: called at once (run has just polled
-// and found nothing, so it waits), then each time the runtime's poller
-// sees the epoll descriptor readable.
+// pollReady is the wait's callback: called at once, then each time the
+// runtime's poller sees the epoll descriptor readable. It must look at
+// once: the wait forgets a readiness the poller saw before it began.
 func (l *loop) pollReady(fd uintptr) bool {
-	if l.ready < 0 {
-		l.ready = 0
-		return false
-	}
 	l.ready, l.pollErr = epollPoll(int(fd), l.events)
 	return l.ready > 0 || l.pollErr != nil
 }

@@ -70,10 +70,11 @@ const (
 
 // Fields of ErrorResponse and NoticeResponse the proxy reads or drops.
 const (
-	fieldWhere   byte = 'W'
-	fieldFile    byte = 'F'
-	fieldLine    byte = 'L'
-	fieldRoutine byte = 'R'
+	fieldWhere    byte = 'W'
+	fieldFile     byte = 'F'
+	fieldLine     byte = 'L'
+	fieldRoutine  byte = 'R'
+	fieldPosition byte = 'P'
 )
 
 // headerLen is a frame's header: the type byte and the int32 length, which

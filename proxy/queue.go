@@ -57,9 +57,13 @@ type pending struct {
 	// aloneRead: the Parse of the unnamed statement as a tracked read sent
 	// untracked; if it fails there is no statement to prepare again.
 	aloneRead bool
-	check     *checkState  // a checked statement: zero rows affected is a conflict
-	track     *trackSet    // tracked mode: its result sets are stripped and captured (tracked_rows.go)
-	prep      *prepEffects // SQL-level PREPARE, DEALLOCATE, DISCARD ALL: applied when done (sqlprepare.go)
+	// shift: the proxy's statement tries a client's PREPARE under a name of
+	// its own (refreshPrepared): an error's position counts this many
+	// characters fewer in the client's text.
+	shift int32
+	check *checkState  // a checked statement: zero rows affected is a conflict
+	track *trackSet    // tracked mode: its result sets are stripped and captured (tracked_rows.go)
+	prep  *prepEffects // SQL-level PREPARE, DEALLOCATE, DISCARD ALL: applied when done (sqlprepare.go)
 }
 
 // maxInFlight is the number of requests in flight at which the relay stops

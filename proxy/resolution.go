@@ -118,6 +118,10 @@ func (s *session) resolveFirst(typ clientMsg, msg []byte) bool {
 				sql, ok = unsafeBytes(t.query), true
 			} else if len(name) == 0 && g.alone.set && !g.alone.bound {
 				sql, ok = g.alone.query, true // may be prepared again, tracked (bindAloneRead)
+			} else if p := g.stmts[unsafeString(name)]; p != nil && p.execute != nil {
+				sql, ok = unsafeBytes(p.execute.SQL), true // its statement may be prepared again (rebakeExecute)
+			} else if p != nil && p.source != "" {
+				sql, ok = unsafeBytes(p.source), true // prepared by SQL, may be prepared again (refreshPrepared)
 			}
 		}
 	} else {

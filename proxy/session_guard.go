@@ -128,10 +128,20 @@ type prepared struct {
 	quietWhenEmpty bool     // a run that affects no row writes nothing (see syncAhead)
 	injected       bool     // tracked mode: prepared with the injected version parameter
 	// A statement whose text is an EXECUTE of an injected one, prepared
-	// with the version as a literal argument: the EXECUTE and the text
-	// the server got (see planExecuteParse).
+	// with the version as a literal argument: the EXECUTE, the text the
+	// server got, and the record of the statement it executes as it was
+	// then (see planExecuteParse). For a statement prepared by SQL
+	// PREPARE, sent is the PREPARE the server got.
 	execute *rewrite.Statement
 	sent    string
+	target  *prepared
+	// A guarded statement prepared by SQL PREPARE: the client's PREPARE
+	// text and the resolution (rewrite.ExactPath) it was planned under.
+	// PostgreSQL analyzes a prepared statement again when the search_path
+	// changes; the proxy prepares it again from the client's text when the
+	// names resolve otherwise (refreshPrepared).
+	source string
+	path   string
 	// A PREPARE, DEALLOCATE or DISCARD ALL prepared by a Parse: what an
 	// Execute of it does once complete.
 	effect prepEffect

@@ -559,3 +559,144 @@ func TestTranscriptAutocommitReadExtended(t *testing.T) {
 		}.play(t, trackedSession(t), feedWhole)
 	})
 }
+
+// TestTranscriptPrepareRefreshed: a statement PREPAREd in its Inject form,
+// executed after the session's names came to resolve elsewhere, is
+// prepared again from the client's text first, by statements of the
+// proxy's whose answers the client does not see; a text that no longer
+// analyzes fails the EXECUTE with the server's error and leaves the
+// statement as it was.
+func TestTranscriptPrepareRefreshed(t *testing.T) {
+	const prep = "PREPARE u(int) AS UPDATE address SET state = 'y' WHERE id = $1"
+	pol := rewrite.Policy{Schema: "public", Table: "address", Column: "version", Type: rewrite.TypeInteger, Key: []string{"id"}, Update: true, Delete: true, Mode: rewrite.ModeTracked}
+	p, err := rewrite.New([]rewrite.Policy{pol}, rewrite.Options{Tracking: true}).Plan(prep, rewrite.ExactPath(map[string]string{"address": "public"}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	injected := p.Statements[0].Inject.SQL
+	resolve := resolveSQL([]string{"address"})
+	answer := func(oid string) []any {
+		return []any{
+			&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("to_regclass"), DataTypeOID: 26, DataTypeSize: 4, TypeModifier: -1}}},
+			&pgproto3.DataRow{Values: [][]byte{[]byte(oid)}}, cc("SELECT 1"), ready('I'),
+		}
+	}
+	// The proxy's statements that prepare u again as sent, and their tags.
+	steps := func(sent string) []string {
+		check, ok := rewrite.PrepareRenamed(sent, checkName)
+		if !ok {
+			t.Fatalf("PrepareRenamed(%q)", sent)
+		}
+		return []string{check, "DEALLOCATE pgoptimist_check", "DEALLOCATE u", sent}
+	}
+	tags := []string{"PREPARE", "DEALLOCATE", "DEALLOCATE", "PREPARE"}
+	refresh := func(sent string) []any {
+		var out []any
+		for _, sql := range steps(sent) {
+			out = append(out, parse("", sql), bind("", ""), execute(""))
+		}
+		return out
+	}
+	var refreshed []any
+	for _, tag := range tags {
+		refreshed = append(refreshed, parseComplete, bindComplete, cc(tag))
+	}
+	pipeline := func(sql string) []any {
+		return []any{parse("", sql), bind("", ""), &pgproto3.Describe{ObjectType: 'P'}, execute(""), syncMsg}
+	}
+	asked := func(oid string) []step {
+		return []step{serverGets(query(resolve)), server(answer(oid)...), clientGets()}
+	}
+	set := func(sql, tag string) []step {
+		return []step{client(query(sql)), serverGets(query(sql)), server(cc(tag), ready('I')), clientGets(cc(tag), ready('I'))}
+	}
+	setAway := join([]step{client(query(prep))}, asked("1001"), []step{
+		serverGets(query(injected)),
+		server(cc("PREPARE"), ready('I')),
+		clientGets(cc("PREPARE"), ready('I')),
+	}, set("SET search_path TO app", "SET"))
+	prepared := join(setAway, []step{client(query("EXECUTE u(7)"))}, asked("4242"))
+	divisionByZero := &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "22012", Message: "division by zero"}
+	inFailedTx := &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "25P02",
+		Message: "current transaction is aborted, commands ignored until end of transaction block"}
+	// At the check's "address" (41); the client's text has it at 26.
+	undefinedTable := func(pos int32) *pgproto3.ErrorResponse {
+		return &pgproto3.ErrorResponse{Severity: "ERROR", SeverityUnlocalized: "ERROR", Code: "42P01",
+			Message: `relation "address" does not exist`, Position: pos, File: "parse_relation.c", Line: 1449, Routine: "parserOpenTable"}
+	}
+	cases := map[string]transcript{
+		// app.address is no guarded table: the client's own text, and
+		// the EXECUTE with the client's arguments. Back under the
+		// guarded table: the Inject form again, and its argument.
+		"another table, and back": join(prepared, []step{
+			serverGets(refresh(prep), pipeline("EXECUTE u(7)")),
+			server(refreshed, parseComplete, bindComplete, noData, cc("UPDATE 1"), ready('I')),
+			clientGets(cc("UPDATE 1"), ready('I')),
+		}, set("RESET search_path", "RESET"), []step{client(query("EXECUTE u(7)"))}, asked("1001"), []step{
+			serverGets(refresh(injected), pipeline("EXECUTE u(7, NULL)")),
+			server(refreshed, parseComplete, bindComplete, noData, cc("UPDATE 1"), ready('I')),
+			clientGets(cc("UPDATE 1"), ready('I')),
+		}),
+		// The client's text does not analyze under the new names: the
+		// server's error is the EXECUTE's, the rest is skipped, and the
+		// next EXECUTE tries again.
+		"the text fails": join(prepared, []step{
+			serverGets(refresh(prep), pipeline("EXECUTE u(7)")),
+			server(parseComplete, bindComplete, undefinedTable(41), ready('I')),
+			clientGets(undefinedTable(26), ready('I')),
+			client(query("EXECUTE u(7)")),
+			serverGets(refresh(prep), pipeline("EXECUTE u(7)")),
+			server(refreshed, parseComplete, bindComplete, noData, cc("UPDATE 0"), ready('I')),
+			clientGets(cc("UPDATE 0"), ready('I')),
+		}),
+		// In a failed transaction nothing is asked or prepared again:
+		// the server refuses any EXECUTE (25P02), which goes as the
+		// statement the server holds takes it.
+		"failed transaction": join(setAway, []step{
+			client(query("BEGIN; SELECT 1/0")),
+			serverGets(query("BEGIN; SELECT 1/0")),
+			server(cc("BEGIN"), divisionByZero, ready('E')),
+			clientGets(cc("BEGIN"), divisionByZero, ready('E')),
+			client(query("EXECUTE u(7)")),
+			serverGets(query("EXECUTE u(7, NULL)")),
+			server(inFailedTx, ready('E')),
+			clientGets(inFailedTx, ready('E')),
+		}),
+	}
+	// Bound by the extended protocol: the proxy's statements run through
+	// a statement and portal of its own, each closed again, before the
+	// client's Bind, which then goes with the client's parameters.
+	own := []any{&pgproto3.Close{ObjectType: 'S', Name: refreshName}}
+	ownDone := []any{closeComplete}
+	for i, sql := range steps(prep) {
+		own = append(own, parse(refreshName, sql), bind(refreshName, refreshName),
+			&pgproto3.Close{ObjectType: 'S', Name: refreshName}, execute(refreshName), &pgproto3.Close{ObjectType: 'P', Name: refreshName})
+		ownDone = append(ownDone, parseComplete, bindComplete, closeComplete, cc(tags[i]), closeComplete)
+	}
+	cases["bound"] = join(setAway, []step{
+		client(bind("", "u", "7"), execute(""), syncMsg),
+	}, asked("4242"), []step{
+		serverGets(own, bind("", "u", "7"), execute(""), syncMsg),
+		server(ownDone, bindComplete, cc("UPDATE 1"), ready('I')),
+		clientGets(bindComplete, cc("UPDATE 1"), ready('I')),
+	})
+	for name, tr := range cases {
+		t.Run(name, func(t *testing.T) {
+			for _, f := range []feed{feedWhole, feedBytewise} {
+				tr.play(t, refreshSession(t), f)
+			}
+		})
+	}
+}
+
+// refreshSession is trackedSession whose guard asks what "address"
+// resolves to (public.address is OID 1001).
+func refreshSession(t *testing.T) *session {
+	s := trackedSession(t)
+	pols := s.guard.rw.Policies()
+	db := &dbGuard{relnames: []string{"address"}, facts: catalogFacts{oids: map[uint32]*rewrite.Policy{1001: &pols[0]}}}
+	db.resolveSQL = resolveSQL(db.relnames)
+	s.guard.db = db
+	s.guard.res = resolution{path: rewrite.ExactPath(nil), unsure: true}
+	return s
+}

@@ -675,3 +675,38 @@ func isExecuteOf(sql string, kw, id token, name string) bool {
 	}
 	return false
 }
+
+// StatementTexts splits sql into the texts of its top-level statements as
+// written (without a trailing ';'), one per statement Plan lists, in order:
+// the client's own text of a statement the proxy may have to prepare again.
+func StatementTexts(sql string) ([]string, error) {
+	tree, err := pg.Parse(sql)
+	if err != nil {
+		return nil, &ParseError{SQL: sql, Err: err}
+	}
+	out := make([]string, len(tree.Stmts))
+	for i, raw := range tree.Stmts {
+		out[i] = stmtText(sql, raw)
+	}
+	return out, nil
+}
+
+// PrepareRenamed returns the text of a PREPARE statement with its name
+// replaced by name (quoted as needed), the rest byte for byte: the same
+// statement prepared under a name of the proxy's. ok is false when sql
+// does not start with PREPARE, a name, and "(" or AS.
+func PrepareRenamed(sql, name string) (string, bool) {
+	k, a, b := nextToken(sql, 0)
+	if k != tokIdent || !keyword(sql, a, b, "prepare") {
+		return "", false
+	}
+	k, a, b = nextToken(sql, b)
+	if k != tokIdent && k != tokQuotedIdent {
+		return "", false
+	}
+	k2, a2, b2 := nextToken(sql, b)
+	if !(k2 == tokPunct && sql[a2] == '(') && !(k2 == tokIdent && keyword(sql, a2, b2, "as")) {
+		return "", false
+	}
+	return sql[:a] + QuoteIdent(name) + sql[b:], true
+}

@@ -901,3 +901,36 @@ func TestTrackingOff(t *testing.T) {
 		t.Error("required mode no longer refuses")
 	}
 }
+
+// TestPrepareRenamed: the proxy's own name in place of the client's, the
+// rest of the text as written.
+func TestPrepareRenamed(t *testing.T) {
+	for _, c := range []struct{ sql, want string }{
+		{"PREPARE u(int, int) AS UPDATE counter SET n = $2 WHERE id = $1", `PREPARE pgoptimist_check(int, int) AS UPDATE counter SET n = $2 WHERE id = $1`},
+		{"/* c */ prepare \"U x\" as UPDATE t SET n = 1", `/* c */ prepare pgoptimist_check as UPDATE t SET n = 1`},
+		{"PREPARE u AS SELECT 1", "PREPARE pgoptimist_check AS SELECT 1"},
+		{"EXECUTE u", ""},
+		{"PREPARE", ""},
+		{"PREPARE u", ""},
+	} {
+		got, ok := PrepareRenamed(c.sql, "pgoptimist_check")
+		if got != c.want || ok != (c.want != "") {
+			t.Errorf("PrepareRenamed(%q) = %q, %v; want %q", c.sql, got, ok, c.want)
+		}
+	}
+}
+
+// TestStatementTexts: each statement's own text, as Plan lists them.
+func TestStatementTexts(t *testing.T) {
+	got, err := StatementTexts("SET search_path TO other;  PREPARE u AS UPDATE counter SET n = 1 ; EXECUTE u")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"SET search_path TO other", "PREPARE u AS UPDATE counter SET n = 1", "EXECUTE u"}
+	if strings.Join(got, "|") != strings.Join(want, "|") {
+		t.Errorf("StatementTexts: %q, want %q", got, want)
+	}
+	if _, err := StatementTexts("SELECT ("); err == nil {
+		t.Error("StatementTexts of a syntax error: no error")
+	}
+}
