@@ -38,6 +38,17 @@
 #   PGOPTIMIST=path  pgoptimist binary (default bin/pgoptimist)
 #   PGOPTIMIST_BASELINE=path  a second pgoptimist binary (an earlier build),
 #                    run as target "baseline" on the plain rows of the same run
+#   PGBOUNCER_SERVER_LIFETIME=0  PgBouncer's server_lifetime. 0 (the default)
+#                    closes a server connection when its client leaves, so
+#                    that every client connection of every target starts a
+#                    fresh backend, as pgbench's connections do directly and
+#                    through pgoptimist (a 1:1 proxy). With PgBouncer's own
+#                    default (3600) its pool hands each round the backends
+#                    of the rounds before, already warm: a fresh backend
+#                    runs the select-only workload at half speed for its
+#                    first seconds (it faults in the shared buffers it
+#                    touches), so a 6-10 s round measures that warm-up more
+#                    than the relay.
 #
 # The pgoptimist target is skipped (with a warning) when bin/pgoptimist cannot
 # be built. Default runtime: 5 rounds x 3 workloads x 3 targets x 10s ~ 8 min.
@@ -278,6 +289,7 @@ start_pgbouncer() {
 		pool_mode = session
 		max_client_conn = 200
 		default_pool_size = 50
+		server_lifetime = ${PGBOUNCER_SERVER_LIFETIME:-0}
 		ignore_startup_parameters = extra_float_digits
 		logfile = $TMP/$name.log
 		pidfile =
