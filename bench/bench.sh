@@ -38,6 +38,10 @@
 #   PGOPTIMIST=path  pgoptimist binary (default bin/pgoptimist)
 #   PGOPTIMIST_BASELINE=path  a second pgoptimist binary (an earlier build),
 #                    run as target "baseline" on the plain rows of the same run
+#   SETTLE=2         seconds of pause before each run: the previous run's
+#                    backends exit and the machine settles (without it the
+#                    target run right after direct measured up to 15 % low,
+#                    the same binary in two slots 0.686 vs 0.813)
 #   PGBOUNCER_SERVER_LIFETIME=0  PgBouncer's server_lifetime. 0 (the default)
 #                    closes a server connection when its client leaves, so
 #                    that every client connection of every target starts a
@@ -422,6 +426,7 @@ FAILURES=0
 # run_one WORKLOAD TARGET ROUND
 run_one() {
 	local w=$1 t=$2 r=$3 out="$TMP/run-$1-$2-$3.log" tps lat pid=${PROC[$t]:-} c0=0 c1 ntx
+	sleep "${SETTLE:-2}" # see SETTLE
 	[ -n "$pid" ] && c0=$(cpu_ticks "$pid")
 	# shellcheck disable=SC2046 # word splitting of the workload flags is intended
 	if PGSSLMODE=${SSLMODE[$t]:-disable} run_fg "$PGBENCH" -n $(workload_args "$w") -T "$DURATION" -h 127.0.0.1 -p "${PORT[$t]}" \

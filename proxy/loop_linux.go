@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"runtime"
 	"runtime/debug"
 	"sync"
@@ -17,10 +16,9 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// The relay's event loop: one goroutine waits on one epoll descriptor for
-// every session it owns (parked in the runtime's poller when nothing is
-// ready) and handles each ready connection with plain read and write
-// system calls. Compared with two goroutines per session parked in
+// The relay's event loop: one goroutine waits in epoll_wait for every
+// session it owns and handles each ready connection with plain read and
+// write system calls. Compared with two goroutines per session parked in
 // Go's netpoller, it wakes once for many ready connections, never reads
 // just to learn that nothing is there, and hands nothing between threads:
 // on a small machine shared with the database that is the difference
@@ -70,16 +68,6 @@ func defaultLoops() int {
 type loop struct {
 	epfd   int
 	wakefd int // eventfd: wakes epoll_wait for posted work
-	// The epoll descriptor itself, in the runtime's poller: the loop's
-	// goroutine waits for it there (see run).
-	epfile *os.File
-	epconn syscall.RawConn
-	// What run's wait (whenReady, made once: no allocation per wait)
-	// leaves for it: the events, how many are ready, and the error.
-	events    []unix.EpollEvent
-	ready     int
-	pollErr   error
-	whenReady func(fd uintptr) bool
 
 	mu    sync.Mutex
 	posts []func()
@@ -107,25 +95,9 @@ func newLoop() (*loop, error) {
 		return nil, fmt.Errorf("eventfd: %w", err)
 	}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wakefd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wakefd)}); err != nil {
-		unix.Close(epfd)
-		unix.Close(wakefd)
 		return nil, fmt.Errorf("epoll_ctl: %w", err)
 	}
-	if err := unix.SetNonblock(epfd, true); err != nil {
-		unix.Close(epfd)
-		unix.Close(wakefd)
-		return nil, fmt.Errorf("epoll descriptor: %w", err)
-	}
-	epfile := os.NewFile(uintptr(epfd), "epoll") // non-blocking: registered with the runtime's poller
-	epconn, err := epfile.SyscallConn()
-	if err != nil {
-		epfile.Close()
-		unix.Close(wakefd)
-		return nil, fmt.Errorf("epoll descriptor: %w", err)
-	}
-	l := &loop{epfd: epfd, wakefd: wakefd, epfile: epfile, epconn: epconn, events: make([]unix.EpollEvent, 256)}
-	l.whenReady = l.pollReady
-	return l, nil
+	return &loop{epfd: epfd, wakefd: wakefd}, nil
 }
 
 func (l *loop) ref(fd int) fdRef {
@@ -152,22 +124,15 @@ func (l *loop) post(f func()) {
 }
 
 func (l *loop) run() {
-	events := l.events
+	events := make([]unix.EpollEvent, 256)
 	for {
-		// Look at what is ready (pollReady); with nothing, the goroutine
-		// parks in the runtime's poller until the epoll descriptor is
-		// readable, as any goroutine waiting on the network does, rather
-		// than blocking in epoll_wait. A goroutine that never parks looks
-		// to the runtime's monitor (sysmon) like one running for ever:
-		// every 10 ms it would preempt it and take its P away while it
-		// waits in the system call, and poll again every 20 µs after each
-		// such take, thousands of wake-ups a second on a busy proxy,
-		// measured at 7-10 % of its CPU. Under load events are usually
-		// ready at once, and the wait costs no more than the look.
-		if werr := l.epconn.Read(l.whenReady); werr != nil {
-			panic(fmt.Sprintf("waiting for epoll: %v", werr)) // only the loop closes it, after its last wait
+		// Under load events are usually ready already: look without
+		// entering the scheduler's blocking-syscall path, and block only
+		// when there is nothing.
+		n, err := epollPoll(l.epfd, events)
+		if n == 0 && err == nil {
+			n, err = unix.EpollWait(l.epfd, events, -1)
 		}
-		n, err := l.ready, l.pollErr
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
@@ -179,7 +144,7 @@ func (l *loop) run() {
 			if int(ev.Fd) == l.wakefd {
 				l.runPosts()
 				if l.stopped {
-					l.epfile.Close()
+					unix.Close(l.epfd)
 					unix.Close(l.wakefd)
 					return
 				}
@@ -192,14 +157,6 @@ func (l *loop) run() {
 			l.handle(ref, ev.Events)
 		}
 	}
-}
-
-// pollReady is the wait's callback: called at once, then each time the
-// runtime's poller sees the epoll descriptor readable. It must look at
-// once: the wait forgets a readiness the poller saw before it began.
-func (l *loop) pollReady(fd uintptr) bool {
-	l.ready, l.pollErr = epollPoll(int(fd), l.events)
-	return l.ready > 0 || l.pollErr != nil
 }
 
 func (l *loop) runPosts() {
