@@ -149,6 +149,14 @@ func readN(t *testing.T, c *pgx.Conn, table string, id int) int {
 	return n
 }
 
+// wantN checks row id of table (read through c) holds n = want.
+func wantN(t *testing.T, c *pgx.Conn, table string, id, want int) {
+	t.Helper()
+	if n := readN(t, c, table, id); n != want {
+		t.Errorf("%s id %d: n = %d, want %d", table, id, n, want)
+	}
+}
+
 var prepareModes = []struct {
 	name string
 	mode pgx.QueryExecMode
@@ -435,34 +443,22 @@ func TestTrackedPrepareSearchPathInOneQuery(t *testing.T) {
 	execTag(t, c, simple, prepareCounter, "PREPARE")
 	readN(t, c, "counter", 1)
 	execTag(t, c, simple, "SET search_path TO other; EXECUTE u(1, 6)", "UPDATE 1")
-	if n := readN(t, d, "other.counter", 1); n != 6 {
-		t.Errorf("other.counter n = %d, want 6", n)
-	}
+	wantN(t, d, "other.counter", 1, 6)
 	bumpCounter(t, db, 1)
 	execCode(t, c, simple, "SELECT 1; RESET search_path; EXECUTE u(1, 7)", "VL409")
-	if n := readN(t, d, "public.counter", 1); n != 0 {
-		t.Errorf("public.counter n = %d, want 0", n)
-	}
+	wantN(t, d, "public.counter", 1, 0)
 	// The failed query's RESET was rolled back with it: under other still.
-	if n := readN(t, c, "counter", 1); n != 6 {
-		t.Errorf("counter under other: n = %d, want 6", n)
-	}
+	wantN(t, c, "counter", 1, 6)
 	execTag(t, c, simple, "RESET search_path", "RESET")
 	readN(t, c, "counter", 1)
 	execTag(t, c, simple, "SET search_path TO other; EXECUTE u(1, 8); RESET search_path; EXECUTE u(1, 9)", "UPDATE 1")
-	if n := readN(t, d, "other.counter", 1); n != 8 {
-		t.Errorf("other.counter n = %d, want 8", n)
-	}
-	if n := readN(t, d, "public.counter", 1); n != 9 {
-		t.Errorf("public.counter n = %d, want 9", n)
-	}
+	wantN(t, d, "other.counter", 1, 8)
+	wantN(t, d, "public.counter", 1, 9)
 	// Under a search_path where the name reaches nothing, the client gets
 	// PostgreSQL's own error, and the statement is kept for later.
 	execCode(t, c, simple, "SET search_path TO pg_temp; EXECUTE u(1, 10)", "42P01")
 	execTag(t, c, simple, "RESET search_path; EXECUTE u(1, 10)", "UPDATE 1")
-	if n := readN(t, d, "public.counter", 1); n != 10 {
-		t.Errorf("public.counter n = %d, want 10", n)
-	}
+	wantN(t, d, "public.counter", 1, 10)
 
 	// Bound by the extended protocol, by a client that prepares nothing
 	// else that way.
@@ -471,22 +467,16 @@ func TestTrackedPrepareSearchPathInOneQuery(t *testing.T) {
 	if res.Err != nil || res.CommandTag.String() != "UPDATE 1" {
 		t.Errorf("Bind of u under other: %q, %v", res.CommandTag, res.Err)
 	}
-	if n := readN(t, d, "other.counter", 1); n != 11 {
-		t.Errorf("other.counter n = %d, want 11", n)
-	}
+	wantN(t, d, "other.counter", 1, 11)
 	// Inside EXPLAIN too, either way.
 	execTag(t, c, simple, "RESET search_path; EXPLAIN EXECUTE u(1, 12)", "EXPLAIN")
 	execTag(t, c, simple, "SET search_path TO other; EXPLAIN ANALYZE EXECUTE u(1, 12)", "EXPLAIN")
-	if n := readN(t, d, "other.counter", 1); n != 12 {
-		t.Errorf("other.counter n = %d, want 12", n)
-	}
+	wantN(t, d, "other.counter", 1, 12)
 	// Prepared right after the SET that makes its name the tracked table.
 	execTag(t, c, simple, "DEALLOCATE u", "DEALLOCATE")
 	execTag(t, c, simple, "RESET search_path; "+prepareCounter, "PREPARE")
 	execTag(t, c, simple, "SET search_path TO other; EXECUTE u(1, 13)", "UPDATE 1")
-	if n := readN(t, d, "other.counter", 1); n != 13 {
-		t.Errorf("other.counter n = %d, want 13", n)
-	}
+	wantN(t, d, "other.counter", 1, 13)
 }
 
 // TestTrackedPrepareSearchPathBatches: prepared again inside a transaction
@@ -591,9 +581,7 @@ func TestPrepareSearchPathExplicit(t *testing.T) {
 	execTag(t, c, simple, prepareCounter, "PREPARE")
 	execTag(t, c, simple, "SET search_path TO other", "SET")
 	execTag(t, c, simple, "EXECUTE u(1, 6)", "UPDATE 1")
-	if n := readN(t, d, "other.counter", 1); n != 6 {
-		t.Errorf("other.counter n = %d, want 6", n)
-	}
+	wantN(t, d, "other.counter", 1, 6)
 	v := version()
 	execTag(t, c, simple, "RESET search_path", "RESET")
 	execTag(t, c, simple, "EXECUTE u(1, 7)", "UPDATE 1")

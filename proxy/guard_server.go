@@ -96,29 +96,33 @@ func (s *session) onError(msg []byte) {
 // block that describe the block rather than the client's statement
 // (PL/pgSQL context, source file, line and routine).
 func cleanError(msg []byte) []byte {
-	var body []byte
-	b := frameBody(msg)
-	for len(b) > 1 {
-		f := b[0]
-		v, rest, ok := cstringBytes(b[1:])
-		if !ok {
-			return msg
-		}
+	return editError(msg, func(f byte, v []byte) ([]byte, bool) {
 		switch f {
 		case fieldWhere, fieldFile, fieldLine, fieldRoutine:
-		default:
-			body = append(body, f)
-			body = append(append(body, v...), 0)
+			return nil, false
 		}
-		b = rest
-	}
-	return appendFrame(nil, byte(msgErrorResponse), body, []byte{0})
+		return v, true
+	})
 }
 
 // shiftPosition moves an error's position (in characters) shift
 // characters back: the error of a statement the proxy sent in place of
 // the client's, whose text is that much longer before the position.
 func shiftPosition(msg []byte, shift int32) []byte {
+	return editError(msg, func(f byte, v []byte) ([]byte, bool) {
+		if f == fieldPosition {
+			if n, err := strconv.Atoi(string(v)); err == nil && n > int(shift) {
+				return strconv.AppendInt(nil, int64(n)-int64(shift), 10), true
+			}
+		}
+		return v, true
+	})
+}
+
+// editError rebuilds an ErrorResponse field by field: edit returns each
+// field's new value, or false to drop it. A malformed message is returned
+// as it is.
+func editError(msg []byte, edit func(field byte, value []byte) ([]byte, bool)) []byte {
 	var body []byte
 	b := frameBody(msg)
 	for len(b) > 1 {
@@ -127,13 +131,10 @@ func shiftPosition(msg []byte, shift int32) []byte {
 		if !ok {
 			return msg
 		}
-		if f == fieldPosition {
-			if n, err := strconv.Atoi(string(v)); err == nil && n > int(shift) {
-				v = strconv.AppendInt(nil, int64(n)-int64(shift), 10)
-			}
+		if v, keep := edit(f, v); keep {
+			body = append(body, f)
+			body = append(append(body, v...), 0)
 		}
-		body = append(body, f)
-		body = append(append(body, v...), 0)
 		b = rest
 	}
 	return appendFrame(nil, byte(msgErrorResponse), body, []byte{0})
