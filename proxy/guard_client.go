@@ -341,7 +341,11 @@ func executeArgs(st *rewrite.Statement) func(int) (string, bool) {
 // raiseInPipeline makes the server raise an error of the proxy's inside the
 // current extended-protocol sequence, through the named statement and
 // portal ("" for the unnamed ones, which only a translated simple query may
-// use). The server then skips to the next Sync, as for any error.
+// use). The server then skips to the next Sync, as for any error. A named
+// statement is closed again before its portal runs (the portal keeps what
+// it needs), so that none of the proxy's stays in the session's
+// pg_prepared_statements after the error; the portal ends with the
+// transaction.
 func (s *session) raiseInPipeline(name, sql string) error {
 	if name != "" {
 		s.queue.push(pending{kind: pendClose, answer: answerProxy})
@@ -352,8 +356,17 @@ func (s *session) raiseInPipeline(name, sql string) error {
 	}
 	s.queue.push(pending{kind: pendParse, answer: answerProxy})
 	s.queue.push(pending{kind: pendBind, answer: answerProxy})
+	if err := s.send(&pgproto3.Parse{Name: name, Query: sql}, &pgproto3.Bind{DestinationPortal: name, PreparedStatement: name}); err != nil {
+		return err
+	}
+	if name != "" {
+		s.queue.push(pending{kind: pendClose, answer: answerProxy})
+		if err := s.send(&pgproto3.Close{ObjectType: targetStatement, Name: name}); err != nil {
+			return err
+		}
+	}
 	s.queue.push(pending{kind: pendExecute, answer: answerRaise})
-	return s.send(&pgproto3.Parse{Name: name, Query: sql}, &pgproto3.Bind{DestinationPortal: name, PreparedStatement: name}, &pgproto3.Execute{Portal: name})
+	return s.send(&pgproto3.Execute{Portal: name})
 }
 
 // onParse rewrites a guarded statement being prepared and remembers its plan

@@ -823,9 +823,9 @@ func TestTranscriptHeld(t *testing.T) {
 			clientGets(parseComplete, bindComplete),
 			serverGets(
 				&pgproto3.Close{ObjectType: 'S', Name: raiseName}, &pgproto3.Close{ObjectType: 'P', Name: raiseName},
-				staleParse(raiseName, "2", "7"), bind(raiseName, raiseName), execute(raiseName),
+				staleParse(raiseName, "2", "7"), bind(raiseName, raiseName), &pgproto3.Close{ObjectType: 'S', Name: raiseName}, execute(raiseName),
 				flushMsg),
-			server(closeComplete, closeComplete, parseComplete, bindComplete, raised(staleError(detail))),
+			server(closeComplete, closeComplete, parseComplete, bindComplete, closeComplete, raised(staleError(detail))),
 			clientGets(relayed(staleError(detail))),
 		}, end('I')),
 		"stale in a transaction block": join(begin, sent, []step{
@@ -833,9 +833,9 @@ func TestTranscriptHeld(t *testing.T) {
 			clientGets(parseComplete, bindComplete),
 			serverGets(
 				&pgproto3.Close{ObjectType: 'S', Name: raiseName}, &pgproto3.Close{ObjectType: 'P', Name: raiseName},
-				staleParse(raiseName, "2", "7"), bind(raiseName, raiseName), execute(raiseName),
+				staleParse(raiseName, "2", "7"), bind(raiseName, raiseName), &pgproto3.Close{ObjectType: 'S', Name: raiseName}, execute(raiseName),
 				flushMsg),
-			server(closeComplete, closeComplete, parseComplete, bindComplete, raised(staleError(detail))),
+			server(closeComplete, closeComplete, parseComplete, bindComplete, closeComplete, raised(staleError(detail))),
 			clientGets(relayed(staleError(detail))),
 		}, end('E')),
 		"server error": join(sent, []step{
@@ -896,7 +896,7 @@ func TestTranscriptPipelineStale(t *testing.T) {
 	}
 	const del = "DELETE FROM address WHERE id = $1 AND version = $2" // checked, and sent as it is
 	raise := []any{&pgproto3.Close{ObjectType: 'S', Name: raiseName}, &pgproto3.Close{ObjectType: 'P', Name: raiseName},
-		staleParse(raiseName, "1", "2"), bind(raiseName, raiseName), execute(raiseName)}
+		staleParse(raiseName, "1", "2"), bind(raiseName, raiseName), &pgproto3.Close{ObjectType: 'S', Name: raiseName}, execute(raiseName)}
 	detail := "expected version 1, current version 2 (id=2)"
 	first := []step{
 		serverGets(parse("s1", updParamSent), bind("", "s1", "x", "1", "1"), execute(""), flushMsg),
@@ -913,7 +913,7 @@ func TestTranscriptPipelineStale(t *testing.T) {
 			server(parseComplete, bindComplete, cc("UPDATE 0")),
 			clientGets(parseComplete, bindComplete),
 			serverGets(raise, parse("s3", del), bind("", "s3", "3", "1"), execute(""), flushMsg),
-			server(closeComplete, closeComplete, parseComplete, bindComplete, raised(staleError(detail))),
+			server(closeComplete, closeComplete, parseComplete, bindComplete, closeComplete, raised(staleError(detail))),
 			clientGets(relayed(staleError(detail))),
 			serverGets(syncMsg),
 			server(ready('I')),
@@ -923,7 +923,7 @@ func TestTranscriptPipelineStale(t *testing.T) {
 			server(parseComplete, bindComplete, cc("UPDATE 0")),
 			clientGets(parseComplete, bindComplete),
 			serverGets(raise, parse("s3", "SELECT 1"), bind("", "s3"), execute(""), syncMsg),
-			server(closeComplete, closeComplete, parseComplete, bindComplete, raised(staleError(detail)), ready('I')),
+			server(closeComplete, closeComplete, parseComplete, bindComplete, closeComplete, raised(staleError(detail)), ready('I')),
 			clientGets(relayed(staleError(detail)), ready('I')),
 		}),
 		// The server's error arrives before the frames behind are read:
@@ -944,7 +944,7 @@ func TestTranscriptPipelineStale(t *testing.T) {
 			server(parseComplete, bindComplete, cc("UPDATE 0")),
 			clientGets(parseComplete, bindComplete),
 			serverGets(raise),
-			server(closeComplete, closeComplete, parseComplete, bindComplete, raised(staleError(detail))),
+			server(closeComplete, closeComplete, parseComplete, bindComplete, closeComplete, raised(staleError(detail))),
 			clientGets(relayed(staleError(detail))),
 			client(checkedThird, syncMsg),
 			serverGets(parse("s3", del), bind("", "s3", "3", "1"), execute(""), syncMsg),
@@ -979,8 +979,8 @@ func TestTranscriptRequired(t *testing.T) {
 			client(parse("", "UPDATE strict SET a = $1 WHERE id = $2"), bind("", "", "1", "1"), execute(""), syncMsg),
 			serverGets(parse("", "UPDATE strict SET a = $1, version = version + 1 WHERE id = $2"), bind("", "", "1", "1"),
 				&pgproto3.Close{ObjectType: 'S', Name: raiseName}, &pgproto3.Close{ObjectType: 'P', Name: raiseName},
-				requiredParse(raiseName), bind(raiseName, raiseName), execute(raiseName), syncMsg),
-			server(parseComplete, bindComplete, closeComplete, closeComplete, parseComplete, bindComplete, raised(requiredError), ready('I')),
+				requiredParse(raiseName), bind(raiseName, raiseName), &pgproto3.Close{ObjectType: 'S', Name: raiseName}, execute(raiseName), syncMsg),
+			server(parseComplete, bindComplete, closeComplete, closeComplete, parseComplete, bindComplete, closeComplete, raised(requiredError), ready('I')),
 			clientGets(parseComplete, bindComplete, relayed(requiredError), ready('I')),
 		},
 	})
@@ -996,7 +996,7 @@ func TestTranscriptProxyAnswersDropped(t *testing.T) {
 			client(parse("s", "UPDATE strict SET a = $1 WHERE id = $2"), bind("p", "s", "1", "1"), execute("p"), syncMsg),
 			serverGets(parse("s", "UPDATE strict SET a = $1, version = version + 1 WHERE id = $2"), bind("p", "s", "1", "1"),
 				&pgproto3.Close{ObjectType: 'S', Name: raiseName}, &pgproto3.Close{ObjectType: 'P', Name: raiseName},
-				requiredParse(raiseName), bind(raiseName, raiseName), execute(raiseName), syncMsg),
+				requiredParse(raiseName), bind(raiseName, raiseName), &pgproto3.Close{ObjectType: 'S', Name: raiseName}, execute(raiseName), syncMsg),
 			server(parseComplete),
 			clientGets(parseComplete),
 			server(bindComplete),
@@ -1006,6 +1006,8 @@ func TestTranscriptProxyAnswersDropped(t *testing.T) {
 			server(closeComplete, parseComplete),
 			clientGets(),
 			server(bindComplete),
+			clientGets(),
+			server(closeComplete),
 			clientGets(),
 			server(raised(requiredError)),
 			clientGets(relayed(requiredError)),
