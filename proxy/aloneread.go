@@ -124,6 +124,5 @@ func (s *session) bindAloneRead(portal, rest []byte) {
 	if asIs {
 		return // nothing tracked in it any more (a reload)
 	}
-	s.queue.push(pending{kind: pendParse, answer: answerProxy})
-	s.appendParse(nil, sql, tail)
+	s.prepareAgain(nil, sql, tail)
 }

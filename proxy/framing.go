@@ -135,7 +135,7 @@ var errOverBudget = errors.New("a message over the process-wide budget for buffe
 func (s *session) streamQuery() {
 	g := s.guard
 	s.queue.push(pending{kind: pendQuery})
-	g.unnamedReplaced()
+	g.forgetStatement("") // a simple query replaces the unnamed statement
 	g.res.changed()
 	s.inBatch = false
 }
@@ -169,13 +169,9 @@ func oversizedParse(d []byte, total, maxSQL int) (name []byte, oversized, wait b
 func (s *session) streamParse(name []byte) {
 	g := s.guard
 	s.queue.push(pending{kind: pendParse})
-	if len(name) == 0 {
-		g.alone.set = false
-	}
-	delete(g.stmts, string(name))
+	g.forgetStatement(string(name))
 	g.changers[string(name)] = struct{}{}
 	g.res.changed()
-	g.forgetText(string(name))
 }
 
 // idle reports whether nothing is in flight and no transaction or batch is

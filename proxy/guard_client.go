@@ -74,7 +74,7 @@ func (s *session) onQuery(msg []byte) error {
 // changes: the text may change name resolution (MayChangeResolution).
 func (s *session) guardQuery(msg, sql []byte, changes bool) error {
 	g := s.guard
-	g.unnamedReplaced()
+	g.forgetStatement("") // a simple query replaces the unnamed statement
 	// A query run alone in its own implicit transaction: what its reads
 	// would capture is forgotten when it completes, before any write
 	// could use it, when its tables are transaction-scoped.
@@ -341,11 +341,7 @@ func executeArgs(st *rewrite.Statement) func(int) (string, bool) {
 // raiseInPipeline makes the server raise an error of the proxy's inside the
 // current extended-protocol sequence, through the named statement and
 // portal ("" for the unnamed ones, which only a translated simple query may
-// use). The server then skips to the next Sync, as for any error. A named
-// statement is closed again before its portal runs (the portal keeps what
-// it needs), so that none of the proxy's stays in the session's
-// pg_prepared_statements after the error; the portal ends with the
-// transaction.
+// use). The server then skips to the next Sync, as for any error.
 func (s *session) raiseInPipeline(name, sql string) error {
 	if name != "" {
 		s.queue.push(pending{kind: pendClose, answer: answerProxy})
@@ -354,6 +350,16 @@ func (s *session) raiseInPipeline(name, sql string) error {
 			return err
 		}
 	}
+	return s.runOwnStatement(name, sql, pending{kind: pendExecute, answer: answerRaise})
+}
+
+// runOwnStatement runs sql, a statement of the proxy's, through the
+// statement and portal name ("": the unnamed ones): Parse, Bind and
+// Execute, whose pending entry is ex. A named statement is closed again
+// before its portal runs (the portal keeps what it needs), so that none of
+// the proxy's stays in the session's pg_prepared_statements should it
+// fail; the portal ends with the transaction.
+func (s *session) runOwnStatement(name, sql string, ex pending) error {
 	s.queue.push(pending{kind: pendParse, answer: answerProxy})
 	s.queue.push(pending{kind: pendBind, answer: answerProxy})
 	if err := s.send(&pgproto3.Parse{Name: name, Query: sql}, &pgproto3.Bind{DestinationPortal: name, PreparedStatement: name}); err != nil {
@@ -365,7 +371,7 @@ func (s *session) raiseInPipeline(name, sql string) error {
 			return err
 		}
 	}
-	s.queue.push(pending{kind: pendExecute, answer: answerRaise})
+	s.pushPrep(ex)
 	return s.send(&pgproto3.Execute{Portal: name})
 }
 
@@ -755,12 +761,7 @@ func (s *session) onClose(msg []byte) error {
 		if name, _, ok := cstringBytes(msg[6:]); ok {
 			switch frameBody(msg)[0] {
 			case targetStatement:
-				if len(name) == 0 {
-					s.guard.alone.set = false
-				}
-				delete(s.guard.stmts, unsafeString(name))
-				delete(s.guard.changers, unsafeString(name))
-				s.guard.forgetText(unsafeString(name))
+				s.guard.forgetStatement(unsafeString(name))
 			case targetPortal:
 				delete(s.guard.portals, unsafeString(name))
 				delete(s.guard.changerPortals, unsafeString(name))

@@ -97,12 +97,16 @@ func (g *sessionGuard) forgetText(name string) {
 	delete(g.staleTexts, name)
 }
 
-// unnamedReplaced forgets the unnamed statement, which a simple query
-// replaces.
-func (g *sessionGuard) unnamedReplaced() {
-	delete(g.stmts, "")
-	delete(g.changers, "")
-	g.alone.set = false
+// forgetStatement forgets what the guard knows of the prepared statement
+// name once it is gone (closed, deallocated, or the unnamed one replaced by
+// a simple query).
+func (g *sessionGuard) forgetStatement(name string) {
+	delete(g.stmts, name)
+	delete(g.changers, name)
+	g.forgetText(name)
+	if name == "" {
+		g.alone.set = false
+	}
 }
 
 // plansMayBeWrong starts a new epoch: every named statement is prepared

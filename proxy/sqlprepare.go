@@ -105,9 +105,7 @@ func (g *sessionGuard) applyPrep(e prepEffect) {
 			delete(g.stmts, e.name)
 		}
 	case prepDrop:
-		delete(g.stmts, e.name)
-		delete(g.changers, e.name)
-		g.forgetText(e.name)
+		g.forgetStatement(e.name)
 	case prepDropAll, prepDiscardAll:
 		clear(g.stmts)
 		clear(g.changers)
@@ -545,26 +543,11 @@ func (s *session) sendRefresh(r *refresh, own string) error {
 	// client's text, as PostgreSQL counts them in the statement's.
 	shift := int32(utf8.RuneCountInString(r.check) - utf8.RuneCountInString(r.rec.sent))
 	for i, st := range steps {
-		s.queue.push(pending{kind: pendParse, answer: answerProxy})
-		s.queue.push(pending{kind: pendBind, answer: answerProxy})
-		if err := s.send(&pgproto3.Parse{Name: own, Query: st.sql}, &pgproto3.Bind{DestinationPortal: own, PreparedStatement: own}); err != nil {
-			return err
-		}
-		if own != "" {
-			// Closed before its portal runs, which keeps what it needs:
-			// should the statement fail, no statement of the proxy's
-			// stays (and the portal ends with the transaction).
-			s.queue.push(pending{kind: pendClose, answer: answerProxy})
-			if err := s.send(&pgproto3.Close{ObjectType: targetStatement, Name: own}); err != nil {
-				return err
-			}
-		}
 		ex := pending{kind: pendExecute, answer: answerProxy, prep: onePrep(st.e)}
 		if i == 0 {
 			ex.shift = shift
 		}
-		s.pushPrep(ex)
-		if err := s.send(&pgproto3.Execute{Portal: own}); err != nil {
+		if err := s.runOwnStatement(own, st.sql, ex); err != nil {
 			return err
 		}
 		if own != "" {
