@@ -97,7 +97,7 @@ func aloneAfterBind(rest []byte) bool {
 // implicit transaction, if it runs one, holds nothing before it. It must
 // be asked before the message's own answer is queued.
 func (s *session) batchOpensIdle() bool {
-	return s.batchFirst && s.queue.len() == 0 && s.txStatus == txIdle && !s.checks.active && s.own == nil
+	return s.batchFirst && s.settled()
 }
 
 // bindAloneRead is called at a Bind of the unnamed statement while it is a

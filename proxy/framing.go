@@ -177,7 +177,13 @@ func (s *session) streamParse(name []byte) {
 // idle reports whether nothing is in flight and no transaction or batch is
 // open: a point where the proxy may ask the server something of its own.
 func (s *session) idle() bool {
-	return s.queue.len() == 0 && s.txStatus == txIdle && !s.inBatch && !s.checks.active && s.own == nil
+	return s.settled() && !s.inBatch
+}
+
+// settled reports whether nothing is in flight, the proxy is neither
+// checking nor asking anything, and no transaction block is open.
+func (s *session) settled() bool {
+	return s.queue.len() == 0 && s.txStatus == txIdle && !s.checks.active && s.own == nil
 }
 
 // noteBatch follows whether an extended-protocol batch is open: the proxy's
