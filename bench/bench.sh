@@ -65,6 +65,7 @@ ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-10s}
 DURATION=${DURATION%s}
 SCALE=${SCALE:-10}
+WARMUP=${WARMUP:-2}
 TARGETS=${TARGETS:-"direct pgbouncer pgoptimist"}
 WORKLOADS=${WORKLOADS-"a b c"}
 TLS_TARGETS=${TLS_TARGETS-"direct-tls pgbouncer-p2t pgoptimist-p2t pgbouncer-t2t pgoptimist-t2t"}
@@ -80,9 +81,9 @@ PLAIN_UPSTREAM_TLS=${PGOPTIMIST_UPSTREAM_TLS:-disable}
 DB=bench
 PGUSER_BENCH=postgres
 
-case "$ROUNDS$DURATION$SCALE" in
+case "$ROUNDS$DURATION$SCALE$WARMUP" in
 *[!0-9]*)
-	echo "bench: ROUNDS, DURATION and SCALE must be integers" >&2
+	echo "bench: ROUNDS, DURATION, SCALE and WARMUP must be integers" >&2
 	exit 2
 	;;
 esac
@@ -354,10 +355,14 @@ if [ -n "${PGOPTIMIST_BASELINE:-}" ]; then
 	start_plain_pgoptimist baseline "$PGOPTIMIST_BASELINE"
 	TARGETS="$TARGETS baseline"
 fi
-if have_tls_target pgoptimist; then
-	PORT[pgoptimist-tls]=$(freeport)
-	cat >"$TMP/pgoptimist-tls.yaml" <<YAML
-listen: 127.0.0.1:${PORT[pgoptimist-tls]}
+# start_tls_pgoptimist NAME BINARY: BINARY with TLS towards the server
+# (require) and offered to clients (allow), serving targets NAME-p2t and
+# NAME-t2t.
+start_tls_pgoptimist() {
+	local name=$1 bin=$2 port
+	port=$(freeport)
+	cat >"$TMP/$name-tls.yaml" <<YAML
+listen: 127.0.0.1:$port
 upstream:
   address: 127.0.0.1:$PGPORT_DIRECT
   tls: require
@@ -368,14 +373,20 @@ tls:
 log:
   level: warn
 YAML
-	log "starting pgoptimist with TLS on 127.0.0.1:${PORT[pgoptimist-tls]}"
-	"$PGOPTIMIST" serve --config "$TMP/pgoptimist-tls.yaml" >"$TMP/pgoptimist-tls.log" 2>&1 &
+	log "starting $name ($bin) with TLS on 127.0.0.1:$port"
+	"$bin" serve --config "$TMP/$name-tls.yaml" >"$TMP/$name-tls.log" 2>&1 &
 	PIDS+=($!)
-	PROC[pgoptimist-tls]=$!
-	wait_port pgoptimist-tls "$!" "${PORT[pgoptimist-tls]}" "$TMP/pgoptimist-tls.log" || die "pgoptimist with TLS did not start"
-	PORT[pgoptimist-p2t]=${PORT[pgoptimist-tls]} PORT[pgoptimist-t2t]=${PORT[pgoptimist-tls]}
-	PROC[pgoptimist-p2t]=${PROC[pgoptimist-tls]} PROC[pgoptimist-t2t]=${PROC[pgoptimist-tls]}
-	SSLMODE[pgoptimist-t2t]=require
+	wait_port "$name-tls" "$!" "$port" "$TMP/$name-tls.log" || die "$name with TLS did not start"
+	PORT[$name-p2t]=$port PORT[$name-t2t]=$port
+	PROC[$name-p2t]=$! PROC[$name-t2t]=$!
+	SSLMODE[$name-t2t]=require
+}
+if have_tls_target pgoptimist; then
+	start_tls_pgoptimist pgoptimist "$PGOPTIMIST"
+	if [ -n "${PGOPTIMIST_BASELINE:-}" ]; then
+		start_tls_pgoptimist baseline "$PGOPTIMIST_BASELINE"
+		TLS_TARGETS="$TLS_TARGETS baseline-p2t baseline-t2t"
+	fi
 fi
 
 # --- load data and smoke-test every target ------------------------------------
@@ -425,17 +436,22 @@ FAILURES=0
 
 # run_one WORKLOAD TARGET ROUND
 run_one() {
-	local w=$1 t=$2 r=$3 out="$TMP/run-$1-$2-$3.log" tps lat pid=${PROC[$t]:-} c0=0 c1 ntx
+	local w=$1 t=$2 r=$3 out="$TMP/run-$1-$2-$3.log" tps lat stps slat pid=${PROC[$t]:-} c0=0 c1 ntx
 	sleep "${SETTLE:-2}" # see SETTLE
 	[ -n "$pid" ] && c0=$(cpu_ticks "$pid")
 	# shellcheck disable=SC2046 # word splitting of the workload flags is intended
-	if PGSSLMODE=${SSLMODE[$t]:-disable} run_fg "$PGBENCH" -n $(workload_args "$w") -T "$DURATION" -h 127.0.0.1 -p "${PORT[$t]}" \
+	if PGSSLMODE=${SSLMODE[$t]:-disable} run_fg "$PGBENCH" -n $(workload_args "$w") -T "$DURATION" -P 1 -h 127.0.0.1 -p "${PORT[$t]}" \
 		-U "$PGUSER_BENCH" "$DB" >"$out" 2>&1; then
 		# pgbench >= 14: "tps = N (without initial connection time)";
 		# older: "tps = N (excluding connections establishing)".
 		tps=$(awk '/^tps = / && /(without initial|excluding)/ { print $3; exit }' "$out")
 		[ -n "$tps" ] || tps=$(awk '/^tps = / { print $3; exit }' "$out")
 		lat=$(awk '/^latency average = / { print $4; exit }' "$out")
+		# Steady state: the per-second progress after the warm-up.
+		read -r stps slat < <(awk -v skip="$WARMUP" '/^progress: / && $2 + 0 > skip && $4 + 0 > 0 {
+			n++; t += $4; l += $4 * $7 }
+			END { if (n > 0) printf "%.1f %.4f\n", t / n, l / t; else print "" }' "$out") || true
+		[ -n "${stps:-}" ] && tps=$stps lat=$slat
 	fi
 	if [ -z "${tps:-}" ] || [ -z "${lat:-}" ]; then
 		FAILURES=$((FAILURES + 1))
