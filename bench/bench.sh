@@ -7,7 +7,21 @@
 #   (a) pgbench -S -M extended -c 8 -j 2   select-only, extended protocol
 #   (b) pgbench    -M prepared -c 8 -j 2   TPC-B-like, prepared statements
 #   (c) pgbench -S -M simple   -c 1 -j 1   select-only, one client (latency)
-# and prints median TPS / latency per target relative to direct.
+# The select-only workloads (a) and (c) run on a database of their own at
+# scale SELECT_SCALE (1), (b) on one at scale SCALE (10): the TPC-B-like
+# workload's contention depends on the scale, select-only's does not.
+# and prints median TPS / latency per target relative to direct. Each run's
+# TPS and latency are its steady state: the mean of pgbench's per-second
+# progress (-P 1) after the first WARMUP seconds.
+#
+# Both choices keep a fresh backend's warm-up out of the figures. Every
+# client connection starts a fresh backend, and a fresh backend's first touch
+# of each shared buffer page is a page fault; on the virtual machines this
+# was measured on (paravirtualized page tables) those faults are so dear that
+# at scale 10, where select-only touches 150 MB of pages, 8 fresh backends
+# ramped from 7-8k to 20k TPS over their first 4-5 s, and that ramp, not the
+# relay, decided single runs. At scale 1 (16 MB) the ramp is over within the
+# first second and the seconds after it agree within a few percent.
 #
 # TLS rows (same run, interleaved with the rows above): PostgreSQL runs with
 # ssl=on (plain targets connect with sslmode=disable), and workloads
@@ -25,7 +39,10 @@
 # Environment:
 #   ROUNDS=5         rounds per workload and target
 #   DURATION=10s     length of each pgbench run (seconds; a trailing "s" is fine)
-#   SCALE=10         pgbench scale factor
+#   WARMUP=2         seconds at the start of each run left out of its TPS and
+#                    latency (the whole run counts when DURATION <= WARMUP)
+#   SCALE=10         pgbench scale factor of the TPC-B-like workload (b)
+#   SELECT_SCALE=1   pgbench scale factor of the select-only workloads (a), (c)
 #   TARGETS="direct pgbouncer pgoptimist"   which targets to run
 #   WORKLOADS="a b c"                        which workloads to run ("" for none)
 #   TLS_TARGETS="direct-tls pgbouncer-p2t pgoptimist-p2t pgbouncer-t2t pgoptimist-t2t"
@@ -37,7 +54,8 @@
 #   KEEP_LOGS=1      keep the temporary directory with all logs
 #   PGOPTIMIST=path  pgoptimist binary (default bin/pgoptimist)
 #   PGOPTIMIST_BASELINE=path  a second pgoptimist binary (an earlier build),
-#                    run as target "baseline" on the plain rows of the same run
+#                    run as target "baseline" on the plain rows of the same run,
+#                    and as baseline-p2t and baseline-t2t on the TLS rows
 #   SETTLE=2         seconds of pause before each run: the previous run's
 #                    backends exit and the machine settles (without it the
 #                    target run right after direct measured up to 15 % low,
@@ -66,6 +84,7 @@ DURATION=${DURATION:-10s}
 DURATION=${DURATION%s}
 SCALE=${SCALE:-10}
 WARMUP=${WARMUP:-2}
+SELECT_SCALE=${SELECT_SCALE:-1}
 TARGETS=${TARGETS:-"direct pgbouncer pgoptimist"}
 WORKLOADS=${WORKLOADS-"a b c"}
 TLS_TARGETS=${TLS_TARGETS-"direct-tls pgbouncer-p2t pgoptimist-p2t pgbouncer-t2t pgoptimist-t2t"}
@@ -79,11 +98,12 @@ PGOPTIMIST_ARGS=${PGOPTIMIST_ARGS:-}
 # take it where PgBouncer (server_tls_sslmode=disable) does not.
 PLAIN_UPSTREAM_TLS=${PGOPTIMIST_UPSTREAM_TLS:-disable}
 DB=bench
+DB_SELECT=bench_select # the select-only workloads' (SELECT_SCALE)
 PGUSER_BENCH=postgres
 
-case "$ROUNDS$DURATION$SCALE$WARMUP" in
+case "$ROUNDS$DURATION$SCALE$SELECT_SCALE$WARMUP" in
 *[!0-9]*)
-	echo "bench: ROUNDS, DURATION, SCALE and WARMUP must be integers" >&2
+	echo "bench: ROUNDS, DURATION, SCALE, SELECT_SCALE and WARMUP must be integers" >&2
 	exit 2
 	;;
 esac
@@ -283,6 +303,7 @@ start_pgbouncer() {
 	cat >"$TMP/$name.ini" <<-EOF
 		[databases]
 		$DB = host=127.0.0.1 port=$PGPORT_DIRECT dbname=$DB
+		$DB_SELECT = host=127.0.0.1 port=$PGPORT_DIRECT dbname=$DB_SELECT
 		postgres = host=127.0.0.1 port=$PGPORT_DIRECT dbname=postgres
 
 		[pgbouncer]
@@ -391,9 +412,12 @@ fi
 
 # --- load data and smoke-test every target ------------------------------------
 
-log "pgbench -i -s $SCALE"
-run_fg "$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PGPORT_DIRECT" -U "$PGUSER_BENCH" "$DB" \
-	>"$TMP/init.log" 2>&1 || {
+log "pgbench -i -s $SCALE ($DB), -s $SELECT_SCALE ($DB_SELECT)"
+{
+	run_fg "$PSQL" -X -q -h 127.0.0.1 -p "$PGPORT_DIRECT" -U "$PGUSER_BENCH" -d "$DB" -c "CREATE DATABASE $DB_SELECT" &&
+		run_fg "$PGBENCH" -i -q -s "$SCALE" -h 127.0.0.1 -p "$PGPORT_DIRECT" -U "$PGUSER_BENCH" "$DB" &&
+		run_fg "$PGBENCH" -i -q -s "$SELECT_SCALE" -h 127.0.0.1 -p "$PGPORT_DIRECT" -U "$PGUSER_BENCH" "$DB_SELECT"
+} >"$TMP/init.log" 2>&1 || {
 	tail -n 20 "$TMP/init.log" >&2
 	die "pgbench -i failed"
 }
@@ -416,11 +440,17 @@ workload_args() {
 	*) die "unknown workload $1" ;;
 	esac
 }
+workload_db() {
+	case "$1" in
+	b) echo "$DB" ;;
+	*) echo "$DB_SELECT" ;;
+	esac
+}
 workload_title() {
 	case "$1" in
-	a) echo "(a) select-only, extended protocol, 8 clients (-S -M extended -c 8 -j 2)" ;;
-	b) echo "(b) TPC-B-like, prepared statements, 8 clients (-M prepared -c 8 -j 2)" ;;
-	c) echo "(c) select-only, simple protocol, 1 client (-S -M simple -c 1 -j 1)" ;;
+	a) echo "(a) select-only, extended protocol, 8 clients (-S -M extended -c 8 -j 2, scale $SELECT_SCALE)" ;;
+	b) echo "(b) TPC-B-like, prepared statements, 8 clients (-M prepared -c 8 -j 2, scale $SCALE)" ;;
+	c) echo "(c) select-only, simple protocol, 1 client (-S -M simple -c 1 -j 1, scale $SELECT_SCALE)" ;;
 	esac
 }
 
@@ -434,6 +464,14 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 CLK_TCK=$(getconf CLK_TCK)
 FAILURES=0
 
+# steady LOG: "TPS LATENCY_MS" of a pgbench run with -P 1 in its steady
+# state (see WARMUP): the mean TPS of the seconds after the warm-up, and
+# their latency weighted by transactions. Nothing when there are none.
+steady() {
+	awk -v skip="$WARMUP" '/^progress: / && $2 + 0 > skip && $4 + 0 > 0 { n++; t += $4; l += $4 * $7 }
+		END { if (n > 0) printf "%.1f %.4f\n", t / n, l / t }' "$1"
+}
+
 # run_one WORKLOAD TARGET ROUND
 run_one() {
 	local w=$1 t=$2 r=$3 out="$TMP/run-$1-$2-$3.log" tps lat stps slat pid=${PROC[$t]:-} c0=0 c1 ntx
@@ -441,16 +479,13 @@ run_one() {
 	[ -n "$pid" ] && c0=$(cpu_ticks "$pid")
 	# shellcheck disable=SC2046 # word splitting of the workload flags is intended
 	if PGSSLMODE=${SSLMODE[$t]:-disable} run_fg "$PGBENCH" -n $(workload_args "$w") -T "$DURATION" -P 1 -h 127.0.0.1 -p "${PORT[$t]}" \
-		-U "$PGUSER_BENCH" "$DB" >"$out" 2>&1; then
+		-U "$PGUSER_BENCH" "$(workload_db "$w")" >"$out" 2>&1; then
 		# pgbench >= 14: "tps = N (without initial connection time)";
 		# older: "tps = N (excluding connections establishing)".
 		tps=$(awk '/^tps = / && /(without initial|excluding)/ { print $3; exit }' "$out")
 		[ -n "$tps" ] || tps=$(awk '/^tps = / { print $3; exit }' "$out")
 		lat=$(awk '/^latency average = / { print $4; exit }' "$out")
-		# Steady state: the per-second progress after the warm-up.
-		read -r stps slat < <(awk -v skip="$WARMUP" '/^progress: / && $2 + 0 > skip && $4 + 0 > 0 {
-			n++; t += $4; l += $4 * $7 }
-			END { if (n > 0) printf "%.1f %.4f\n", t / n, l / t; else print "" }' "$out") || true
+		read -r stps slat < <(steady "$out") || true
 		[ -n "${stps:-}" ] && tps=$stps lat=$slat
 	fi
 	if [ -z "${tps:-}" ] || [ -z "${lat:-}" ]; then
@@ -459,7 +494,7 @@ run_one() {
 		tail -n 15 "$out" >&2
 		return 0
 	fi
-	echo "$w $t $tps $lat" >>"$RESULTS"
+	echo "$w $t $tps $lat $r" >>"$RESULTS"
 	if [ -n "$pid" ]; then
 		c1=$(cpu_ticks "$pid")
 		ntx=$(awk '/^number of transactions actually processed: / { print $6; exit }' "$out")
@@ -522,9 +557,10 @@ YAML
 script_run() {
 	local section=$1 label=$2 script=$3 m=$4 t=$5 r=$6 results=$7 out tps=
 	out="$TMP/$section-$label-$t-$r.log"
-	if run_fg "$PGBENCH" -n -f "$script" -M "$m" -c 8 -j 2 -T "$DURATION" \
+	if run_fg "$PGBENCH" -n -f "$script" -M "$m" -c 8 -j 2 -T "$DURATION" -P 1 \
 		-h 127.0.0.1 -p "${PORT[$t]}" -U "$PGUSER_BENCH" "$DB" >"$out" 2>&1; then
-		tps=$(awk '/^tps = / { print $3; exit }' "$out")
+		tps=$(steady "$out" | awk '{ print $1 }')
+		[ -n "$tps" ] || tps=$(awk '/^tps = / { print $3; exit }' "$out")
 	fi
 	if [ -z "$tps" ] || grep -q "aborted" "$out"; then
 		FAILURES=$((FAILURES + 1))
@@ -639,7 +675,7 @@ values() { # workload target column(3=tps,4=lat)
 }
 
 echo
-echo "pgoptimist benchmark: PostgreSQL $("$PGBENCH" --version | awk '{ print $3 }'), scale $SCALE," \
+echo "pgoptimist benchmark: PostgreSQL $("$PGBENCH" --version | awk '{ print $3 }'), scale $SCALE (select-only: $SELECT_SCALE)," \
 	"$ROUNDS rounds x ${DURATION}s, $(nproc) CPUs"
 for w in $WORKLOADS; do
 	echo
@@ -700,6 +736,36 @@ if [ -n "$TLS_WORKLOADS" ]; then
 			[ -n "$dlat" ] && added=$(awk -v a="$lat" -v b="$dlat" 'BEGIN { printf "%+.1f us", (a - b) * 1000 }')
 			printf '  %-15s %6d %12.1f %14s %12.3f %14s\n' "$t" "$n" "$tps" "$ratio" "$lat" "$added"
 		done
+	done
+fi
+
+# Head to head: pgoptimist against PgBouncer run by run. Targets run one
+# after the other in every round, so a round's pair saw the same machine;
+# the median of the pairs is steadier than the ratio of the two medians when
+# the machine's speed drifts between rounds.
+head_to_head() { # workload ours theirs -> "median min max" of TPS ratios, "...": latency differences (us)
+	awk -v w="$1" -v a="$2" -v b="$3" '$1 == w && ($2 == a || $2 == b) { tps[$2, $5] = $3; lat[$2, $5] = $4; r[$5] = 1 }
+		END { for (k in r) if ((a, k) in tps && (b, k) in tps)
+			printf "%.4f %.1f\n", tps[a, k] / tps[b, k], (lat[a, k] - lat[b, k]) * 1000 }' "$RESULTS"
+}
+pairs=()
+for w in $WORKLOADS; do pairs+=("$w pgoptimist pgbouncer"); done
+for w in $TLS_WORKLOADS; do pairs+=("$w pgoptimist-p2t pgbouncer-p2t" "$w pgoptimist-t2t pgbouncer-t2t"); done
+spread() { # printf format; values on stdin -> "median [lowest, highest]"
+	sort -g | awk -v f="$1" '{ v[NR] = $1 } END { if (NR == 0) exit
+		printf f " [" f ", " f "]", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2, v[1], v[NR] }'
+}
+if [ "${#pairs[@]}" -gt 0 ]; then
+	echo
+	echo "Head to head, same round: pgoptimist TPS / PgBouncer TPS and pgoptimist's latency minus PgBouncer's; median [lowest, highest] over rounds"
+	printf '  %-8s %-15s %6s %26s %30s\n' workload target pairs "TPS ratio" "latency difference us"
+	for p in "${pairs[@]}"; do
+		read -r w a b <<<"$p"
+		n=$(head_to_head "$w" "$a" "$b" | wc -l)
+		[ "$n" -gt 0 ] || continue
+		ratio=$(head_to_head "$w" "$a" "$b" | awk '{ print $1 }' | spread %.3f)
+		diff=$(head_to_head "$w" "$a" "$b" | awk '{ print $2 }' | spread %+.1f)
+		printf '  %-8s %-15s %6d %26s %30s\n' "$w" "$a" "$n" "$ratio" "$diff"
 	done
 fi
 

@@ -129,18 +129,20 @@ func (l *loop) run() {
 	events := make([]unix.EpollEvent, 256)
 	quiet := false // the last held wait ended with nothing: release the P
 	for {
-		// Under load events are usually ready already: look without
-		// entering the scheduler's blocking-syscall path, and wait only
-		// when there is nothing.
-		n, err := epollPoll(l.epfd, events)
-		if n == 0 && err == nil {
-			if l.holdP && !quiet {
-				n, err = epollWaitHeld(l.epfd, events)
-				if n == 0 && err == nil {
-					quiet = true
-					continue
-				}
-			} else {
+		var n int
+		var err error
+		if l.holdP && !quiet {
+			n, err = epollWaitHeld(l.epfd, events)
+			if n == 0 && err == nil {
+				quiet = true
+				continue
+			}
+		} else {
+			// Events may be ready already: look without entering the
+			// scheduler's blocking-syscall path, and wait through it
+			// only when there is nothing.
+			n, err = epollPoll(l.epfd, events)
+			if n == 0 && err == nil {
 				n, err = unix.EpollWait(l.epfd, events, -1)
 			}
 		}
