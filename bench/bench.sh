@@ -73,7 +73,8 @@
 #                    than the relay.
 #
 # The pgoptimist target is skipped (with a warning) when bin/pgoptimist cannot
-# be built. Default runtime: 5 rounds x 3 workloads x 3 targets x 10s ~ 8 min.
+# be built. Default runtime: 5 rounds x (9 plain + 10 TLS runs) x 12 s, then
+# 5 rounds x 11 guarded and tracked runs: about 30 minutes.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
