@@ -76,7 +76,7 @@ type loop struct {
 	fds     []fdRef // by descriptor number; s == nil when not the loop's
 	scratch []func()
 	stopped bool
-	holdP   bool // wait in epollWaitHeld while busy (another P is left)
+	holdP   bool // hold the P in waits while busy (another P is left), see epollWaitRaw
 }
 
 // fdRef maps a descriptor back to its session and side.
@@ -132,7 +132,7 @@ func (l *loop) run() {
 		var n int
 		var err error
 		if l.holdP && !quiet {
-			n, err = epollWaitHeld(l.epfd, events)
+			n, err = epollWaitRaw(l.epfd, events, heldWaitMillis)
 			if n == 0 && err == nil {
 				quiet = true
 				continue
@@ -141,7 +141,7 @@ func (l *loop) run() {
 			// Events may be ready already: look without entering the
 			// scheduler's blocking-syscall path, and wait through it
 			// only when there is nothing.
-			n, err = epollPoll(l.epfd, events)
+			n, err = epollWaitRaw(l.epfd, events, 0)
 			if n == 0 && err == nil {
 				n, err = unix.EpollWait(l.epfd, events, -1)
 			}
@@ -328,44 +328,35 @@ func (l *loop) handle(ref fdRef, ev uint32) {
 	l.flush(s)
 }
 
-// epollPoll is epoll_wait with a zero timeout. It cannot block, so it goes
-// straight to the kernel (RawSyscall), as do rawRead and rawWrite on the
-// non-blocking descriptors: the runtime's syscall bookkeeping would cost
-// more than the call.
-func epollPoll(epfd int, events []unix.EpollEvent) (int, error) {
-	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+// epollWaitRaw is epoll_wait entered straight into the kernel
+// (RawSyscall), without telling the scheduler, as rawRead and rawWrite on
+// the non-blocking descriptors are: the runtime's syscall bookkeeping would
+// cost more than the call. With a zero timeout it cannot block. With a
+// timeout (heldWaitMillis) the loop's goroutine keeps its P while it
+// waits, a held wait. Through unix.EpollWait the runtime counts each wait
+// as a blocking system call: sysmon takes the P of every wait longer than
+// 20 µs, keeps polling every 20 µs because it keeps finding one to take
+// (7-10 % of the proxy's CPU under pgbench -S in perf), and the return has
+// to win a P back. A held wait costs none of that. Two things keep it from
+// hurting the rest of the process: it is used only while another P is left
+// for the accepts, startups and timers (loop.holdP), and after a held wait
+// that ended with nothing the loop waits through the scheduler, releasing
+// the P, until traffic comes back, so an idle proxy sleeps as before. The
+// runtime can still stop the goroutine at any time: its preemption signal
+// ends the wait with EINTR and run yields.
+func epollWaitRaw(epfd int, events []unix.EpollEvent, msec int) (int, error) {
+	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(msec), 0, 0)
 	if e != 0 {
 		return 0, e
 	}
 	return int(r), nil
 }
 
-// heldWaitMillis bounds a wait that keeps the P (epollWaitHeld). Shorter
-// than sysmon's 10 ms preemption period, so a busy loop is seldom signalled;
-// long enough that a loaded loop's waits (tens to hundreds of µs between
-// messages) all end with events.
+// heldWaitMillis bounds a held wait. Shorter than sysmon's 10 ms
+// preemption period, so a busy loop is seldom signalled; long enough that
+// a loaded loop's waits (tens to hundreds of µs between messages) all end
+// with events.
 const heldWaitMillis = 5
-
-// epollWaitHeld is epoll_wait with a short timeout, entered like epollPoll
-// without telling the scheduler: the loop's goroutine keeps its P while it
-// waits. Through unix.EpollWait the runtime counts each wait as a blocking
-// system call: sysmon takes the P of every wait longer than 20 µs, keeps
-// polling every 20 µs because it keeps finding one to take (7-10 % of the
-// proxy's CPU under pgbench -S in perf), and the return has to win a P
-// back. A held wait costs none of that. Two things keep it from hurting the
-// rest of the process: it is used only while another P is left for the
-// accepts, startups and timers (loop.holdP), and after a held wait that
-// ended with nothing the loop waits through the scheduler, releasing the P,
-// until traffic comes back, so an idle proxy sleeps as before. The runtime
-// can still stop the goroutine at any time: its preemption signal ends the
-// wait with EINTR and run yields.
-func epollWaitHeld(epfd int, events []unix.EpollEvent) (int, error) {
-	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), heldWaitMillis, 0, 0)
-	if e != 0 {
-		return 0, e
-	}
-	return int(r), nil
-}
 
 // rawRead and rawWrite use recvfrom and sendto, which on sockets skip the
 // file-position locking of read and write.
