@@ -245,7 +245,7 @@ func TestMarkdownLinks(t *testing.T) {
 		}
 		rel, _ := filepath.Rel(root, f)
 		text := string(data)
-		for _, banned := range []string{"../shared", "DESIGN.md"} {
+		for _, banned := range outsideNames {
 			if strings.Contains(text, banned) {
 				t.Errorf("%s mentions %s, which is not in the repository", rel, banned)
 			}
@@ -297,16 +297,17 @@ func TestMarkdownLinks(t *testing.T) {
 	}
 }
 
+// outsideNames are names of files outside the repository, the designers'
+// notes, that nothing in it may mention. They are spelt in two pieces so
+// that this file does not mention them either.
+var outsideNames = []string{".." + "/" + "shared", "DESIGN" + ".md"}
+
 // TestNoReferenceOutsideTheRepository: no source, script, configuration or
 // document of the repository points to files outside it: users have only
 // the repository.
 func TestNoReferenceOutsideTheRepository(t *testing.T) {
-	self, err := filepath.Abs("docs_test.go")
-	if err != nil {
-		t.Fatal(err)
-	}
 	checked := 0
-	err = filepath.WalkDir("..", func(path string, d os.DirEntry, err error) error {
+	err := filepath.WalkDir("..", func(path string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -324,15 +325,12 @@ func TestNoReferenceOutsideTheRepository(t *testing.T) {
 				return nil
 			}
 		}
-		if abs, _ := filepath.Abs(path); abs == self {
-			return nil // it names what it bans
-		}
 		data, err := os.ReadFile(path)
 		if err != nil {
 			return err
 		}
 		checked++
-		for _, banned := range []string{"../shared", "DESIGN.md"} {
+		for _, banned := range outsideNames {
 			if bytes.Contains(data, []byte(banned)) {
 				t.Errorf("%s mentions %s, which is not in the repository", path, banned)
 			}
