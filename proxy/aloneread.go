@@ -62,14 +62,21 @@ func nextFrame(b []byte) (frame, rest []byte, ok bool) {
 	return b[:total], b[total:], true
 }
 
+// nextPastDescribe splits the first whole frame off b, after one Describe
+// if b starts with one (a Describe changes nothing about how a run ends).
+func nextPastDescribe(b []byte) (frame, rest []byte, ok bool) {
+	frame, rest, ok = nextFrame(b)
+	if ok && clientMsg(frame[0]) == msgDescribe {
+		frame, rest, ok = nextFrame(rest)
+	}
+	return frame, rest, ok
+}
+
 // aloneAfterParse is the shape of rest, the client's input after the Parse
 // of the unnamed statement: [Describe] Bind(unnamed portal, unnamed
 // statement) [Describe] Execute(unnamed portal) Sync, or [Describe] Sync.
 func aloneAfterParse(rest []byte) aloneShape {
-	f, rest, ok := nextFrame(rest)
-	if ok && clientMsg(f[0]) == msgDescribe {
-		f, rest, ok = nextFrame(rest)
-	}
+	f, rest, ok := nextPastDescribe(rest)
 	switch {
 	case !ok:
 		return notAlone
@@ -85,10 +92,7 @@ func aloneAfterParse(rest []byte) aloneShape {
 // the unnamed portal, runs that portal and ends the batch: [Describe]
 // Execute(unnamed portal) Sync.
 func aloneAfterBind(rest []byte) bool {
-	f, rest, ok := nextFrame(rest)
-	if ok && clientMsg(f[0]) == msgDescribe {
-		f, rest, ok = nextFrame(rest)
-	}
+	f, rest, ok := nextPastDescribe(rest)
 	return ok && clientMsg(f[0]) == msgExecute && len(f) > headerLen && f[headerLen] == 0 && isSyncFrame(rest)
 }
 
