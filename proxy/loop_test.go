@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 
@@ -97,5 +98,36 @@ func TestLoopRecoversSessionPanic(t *testing.T) {
 	case <-healthyDone:
 	case <-time.After(5 * time.Second):
 		t.Fatal("session did not end after its client closed")
+	}
+}
+
+// TestLoopKeepsItsThread: a loop's goroutine runs on one OS thread for its
+// whole life, however often it is descheduled (here: by sleeping in a
+// posted function, which hands the goroutine to whichever thread runs the
+// timer, and by collections), so the kernel keeps its wake-ups on a warm
+// CPU (see loop.run).
+func TestLoopKeepsItsThread(t *testing.T) {
+	ls, err := newLoopSet(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ls.stop()
+	l := ls.loops[0]
+	var tids []int
+	for i := 0; i < 20; i++ {
+		done := make(chan struct{})
+		l.post(func() {
+			tids = append(tids, unix.Gettid())
+			time.Sleep(100 * time.Microsecond)
+			tids = append(tids, unix.Gettid())
+			close(done)
+		})
+		<-done
+		runtime.GC()
+	}
+	for _, tid := range tids {
+		if tid != tids[0] {
+			t.Fatalf("the loop ran on threads %v, want one", tids)
+		}
 	}
 }
