@@ -133,10 +133,12 @@ func (l *loop) run() {
 	// pgbench -S -c 1 over TLS perf stat counted 7,000 to 56,000 CPU
 	// migrations in 5 s against PgBouncer's 17, and every migrated
 	// wake-up is a cold one. Locked, the count fell to about 200 and the
-	// added latency by 7-9 µs, ahead of PgBouncer's (README,
-	// Performance). A preempted locked goroutine hands its P over and
-	// back (two futex calls), which at 100 times a second costs nothing
-	// measurable. When run returns the thread exits with it.
+	// one-client latency over TLS by 2-9 µs, ahead of PgBouncer's
+	// (README, "Runs of 2026-12-05"). The price: a preempted locked
+	// goroutine hands its P over and back (two cross-thread wake-ups,
+	// about 1 % at 100 a second); the 8-client rows measured level to a
+	// few percent behind the unlocked build, depending on the run. When
+	// run returns the thread exits with it.
 	runtime.LockOSThread()
 	events := make([]unix.EpollEvent, 256)
 	quiet := false // the last held wait ended with nothing: release the P
