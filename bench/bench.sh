@@ -7,12 +7,12 @@
 #   (a) pgbench -S -M extended -c 8 -j 2   select-only, extended protocol
 #   (b) pgbench    -M prepared -c 8 -j 2   TPC-B-like, prepared statements
 #   (c) pgbench -S -M simple   -c 1 -j 1   select-only, one client (latency)
-# The select-only workloads (a) and (c) run on a database of their own at
-# scale SELECT_SCALE (1), (b) on one at scale SCALE (10): the TPC-B-like
-# workload's contention depends on the scale, select-only's does not.
 # and prints median TPS / latency per target relative to direct. Each run's
 # TPS and latency are its steady state: the mean of pgbench's per-second
-# progress (-P 1) after the first WARMUP seconds.
+# progress (-P 1) after the first WARMUP seconds. The select-only workloads
+# (a) and (c) run on a database of their own at scale SELECT_SCALE (1), (b)
+# on one at scale SCALE (10): the TPC-B-like workload's contention depends
+# on the scale, select-only's does not.
 #
 # Both choices keep a fresh backend's warm-up out of the figures. Every
 # client connection starts a fresh backend, and a fresh backend's first touch
@@ -762,10 +762,11 @@ if [ "${#pairs[@]}" -gt 0 ]; then
 	printf '  %-8s %-15s %6s %26s %30s\n' workload target pairs "TPS ratio" "latency difference us"
 	for p in "${pairs[@]}"; do
 		read -r w a b <<<"$p"
-		n=$(head_to_head "$w" "$a" "$b" | wc -l)
-		[ "$n" -gt 0 ] || continue
-		ratio=$(head_to_head "$w" "$a" "$b" | awk '{ print $1 }' | spread %.3f)
-		diff=$(head_to_head "$w" "$a" "$b" | awk '{ print $2 }' | spread %+.1f)
+		hh=$(head_to_head "$w" "$a" "$b")
+		[ -n "$hh" ] || continue
+		n=$(wc -l <<<"$hh")
+		ratio=$(awk '{ print $1 }' <<<"$hh" | spread %.3f)
+		diff=$(awk '{ print $2 }' <<<"$hh" | spread %+.1f)
 		printf '  %-8s %-15s %6d %26s %30s\n' "$w" "$a" "$n" "$ratio" "$diff"
 	done
 fi

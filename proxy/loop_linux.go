@@ -366,10 +366,11 @@ func epollWaitRaw(epfd int, events []unix.EpollEvent, msec int) (int, error) {
 	return int(r), nil
 }
 
-// heldWaitMillis bounds a held wait. Shorter than sysmon's 10 ms
-// preemption period, so a busy loop is seldom signalled; long enough that
-// a loaded loop's waits (tens to hundreds of µs between messages) all end
-// with events.
+// heldWaitMillis bounds a held wait: a loop that found nothing for this
+// long releases its P (run's quiet). Long enough that a loaded loop's waits
+// (tens to hundreds of µs between messages) all end with events. It does
+// not spare a busy loop sysmon's preemption: to the runtime the goroutine
+// is running throughout, so it is signalled every 10 ms either way.
 const heldWaitMillis = 5
 
 // rawRead and rawWrite use recvfrom and sendto, which on sockets skip the
